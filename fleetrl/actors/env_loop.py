@@ -1,0 +1,109 @@
+"""The env loop every actor runs: act with the newest policy, collect an episode, hand it to a sink.
+
+It knows nothing of Ray or Reverb. The policy is read afresh each step from a provider, so new weights are used
+mid-episode; every step row records the version that chose its action.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from fleetrl.core import Policy
+from fleetrl.types import TransitionSpec, discounted_returns
+
+
+class EpisodeSink(Protocol):
+    """Where finished episodes go (the Reverb writer in a real run)."""
+
+    def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
+                      should_stop: Callable[[], bool] = ...) -> bool: ...
+
+
+PolicyProvider = Callable[[], "tuple[int, Policy | None]"]
+"""Returns the newest ``(version, policy)``; ``(-1, None)`` before any weights arrived."""
+
+
+@dataclasses.dataclass
+class EpisodeStats:
+    episode_id: int
+    length: int
+    ret: float
+    success: bool
+    terminated: bool
+    written: bool
+    policy_versions: tuple[int, int]
+    """Lowest and highest policy version used in the episode."""
+    seconds: float
+
+
+def episode_id_for(generation: int, actor_id: int, index: int) -> int:
+    """Unique episode id across actors and resumed runs: generation, actor and per-actor index packed in 63 bits."""
+    return (generation << 44) | (actor_id << 28) | index
+
+
+class EnvLoop:
+    """Runs episodes of ``env`` and writes each finished one to ``sink``."""
+
+    def __init__(self, env: Any, spec: TransitionSpec, policy: PolicyProvider, sink: EpisodeSink, *, actor_id: int,
+                 gamma: float, seed: int, random_steps: int = 0, generation: int = 0,
+                 max_steps_per_s: float | None = None):
+        self.env, self.spec, self._policy, self._sink = env, spec, policy, sink
+        self.actor_id, self.gamma, self.generation = actor_id, gamma, generation
+        self._seed, self._random_steps = seed, random_steps
+        self._min_step_s = 1.0 / max_steps_per_s if max_steps_per_s else 0.0
+        self._next_step_at = 0.0
+        self._rng = np.random.default_rng(seed)
+        self.env.action_space.seed(seed)
+        self.total_steps = 0
+        self.episodes = 0
+
+    def _choose(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
+        version, policy = self._policy()
+        if policy is None or self.total_steps < self._random_steps:
+            return self.env.action_space.sample().astype(np.float32), -1
+        return policy.act(obs), version
+
+    def _pace(self) -> None:
+        now = time.perf_counter()
+        if now < self._next_step_at:
+            time.sleep(self._next_step_at - now)
+        self._next_step_at = max(now, self._next_step_at) + self._min_step_s
+
+    def run_episode(self, should_stop: Callable[[], bool] = lambda: False) -> EpisodeStats | None:
+        """One episode; returns its stats, or None if a stop request cut it short (nothing is written then)."""
+        t0 = time.perf_counter()
+        episode_id = episode_id_for(self.generation, self.actor_id, self.episodes)
+        # Seed only the first reset: later resets continue the env's RNG, so starts differ but runs repeat.
+        obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
+        rows: list[dict[str, Any]] = []
+        rewards: list[float] = []
+        versions: list[int] = []
+        terminated = truncated = False
+        while not (terminated or truncated):
+            if should_stop():
+                return None
+            if self._min_step_s:
+                self._pace()
+            action, version = self._choose(obs)
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+            rows.append(self.spec.make_step(
+                obs, action, reward=reward, terminated=terminated, truncated=truncated, mc_return=0.0,
+                is_intervention=False, policy_version=version, actor_id=self.actor_id, episode_id=episode_id))
+            rewards.append(reward)
+            versions.append(version)
+            obs = next_obs
+            self.total_steps += 1
+        returns = discounted_returns(np.asarray(rewards), terminated, self.gamma)
+        for row, g in zip(rows, returns, strict=True):
+            row["mc_return"] = np.float32(g)
+        padding = self.spec.padding_step(obs, self.actor_id, episode_id)
+        written = self._sink.write_episode(rows, padding, should_stop)
+        self.episodes += 1
+        return EpisodeStats(episode_id=episode_id, length=len(rows), ret=float(np.sum(rewards)),
+                            success=bool(info.get("success", False)), terminated=terminated, written=written,
+                            policy_versions=(min(versions), max(versions)), seconds=time.perf_counter() - t0)

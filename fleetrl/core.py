@@ -1,0 +1,58 @@
+"""The small set of interfaces every part of fleetrl is written against.
+
+An :class:`Algorithm` turns batches into metrics and knows nothing about processes. A :class:`Policy` is what ships
+to actors and robots: numpy observation in, action out, loadable from published weights. A
+:class:`VariableSource` serves versioned weights; a :class:`Saveable` round-trips its state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from fleetrl.types import TransitionBatch
+
+Weights = dict[str, np.ndarray]
+"""Published policy weights: parameter name -> numpy array (no torch objects cross process boundaries)."""
+
+
+@runtime_checkable
+class Saveable(Protocol):
+    """State that can be saved and restored exactly."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class Algorithm(Saveable, Protocol):
+    """A training algorithm: batch in, metrics out. Pure PyTorch; imports neither Ray nor Reverb."""
+
+    def update(self, batch: TransitionBatch) -> dict[str, Any]:
+        """One update; metrics are detached 0-d tensors so the caller syncs with the device only when it logs."""
+        ...
+
+    def policy_weights(self) -> Weights:
+        """The weights the actors' :class:`Policy` needs (and nothing of the critics or optimisers)."""
+        ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """The part of a trained agent that acts: what actors and robots run."""
+
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray: ...
+
+    def load_weights(self, weights: Weights) -> None: ...
+
+
+@runtime_checkable
+class VariableSource(Protocol):
+    """Serves the newest published weights with their version."""
+
+    def latest(self, known_version: int) -> tuple[int, Weights] | None:
+        """The newest ``(version, weights)`` if newer than ``known_version``, else None."""
+        ...

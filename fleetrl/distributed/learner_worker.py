@@ -1,0 +1,121 @@
+"""The learner as a Ray actor: Reverb batches in, SAC updates, weights out, checkpoints to the run directory."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+import time
+from typing import Any
+
+import ray
+
+from fleetrl.config import TrainConfig, config_to_dict
+from fleetrl.types import TransitionSpec
+
+
+@ray.remote(num_cpus=1, max_concurrency=4)
+class LearnerWorker:
+    """Samples from the replay server, updates the algorithm, publishes versioned weights, checkpoints.
+
+    ``counters`` continue a resumed run: ``learner_steps``, ``env_steps`` (stored in replay before this start) and
+    ``generation``. ``init_state`` is the algorithm state of the checkpoint being resumed, if any.
+    """
+
+    def __init__(self, cfg: TrainConfig, spec: TransitionSpec, replay_address: str, replay: Any, weight_store: Any,
+                 run_dir: str, counters: dict[str, int], init_state: dict[str, Any] | None = None):
+        import torch
+
+        from fleetrl.distributed.replay import limit_tf_threads
+        from fleetrl.learners.sac import SAC
+
+        torch.set_num_threads(cfg.learner.torch_threads)
+        limit_tf_threads(1)
+        want_cuda = cfg.learner.device in ("auto", "cuda") and torch.cuda.is_available()
+        if cfg.learner.device == "cuda" and not want_cuda:
+            raise RuntimeError("learner.device: 'cuda' was asked for but this process has no CUDA device")
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.cfg, self.spec = cfg, spec
+        self._replay, self._store, self._address = replay, weight_store, replay_address
+        self._ckpt_dir = pathlib.Path(run_dir) / "checkpoints"
+        self.algo = SAC(spec, cfg.learner.sac, self.device, seed=cfg.learner.seed + counters.get("generation", 0))
+        if init_state is not None:
+            self.algo.load_state_dict(init_state)
+        self.learner_steps = int(counters.get("learner_steps", 0))
+        self._env_steps_base = int(counters.get("env_steps", 0))
+        self._generation = int(counters.get("generation", 0))
+        self.policy_version = -1
+        self._metrics: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._last_checkpoint: dict[str, Any] | None = None
+        self._started = time.monotonic()
+        self._steps_at_start = self.learner_steps
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def publish(self) -> int:
+        """Publish the current policy weights, versioned by the learner step count."""
+        self.policy_version = self.learner_steps
+        ray.get(self._store.publish.remote(self.policy_version, self.algo.policy_weights()))
+        return self.policy_version
+
+    def run(self) -> dict[str, Any]:
+        """Train until :meth:`stop`; always ends with a final checkpoint."""
+        from fleetrl.distributed.replay import BatchSource
+
+        cfg = self.cfg
+        self._started, self._steps_at_start = time.monotonic(), self.learner_steps
+        self.publish()
+        source = BatchSource(self._address, cfg.learner.batch_size, self.device, cfg.learner.prefetch_batches)
+        try:
+            while not self._stop.is_set():
+                batch = source.next(timeout_s=0.5)
+                if batch is None:
+                    continue
+                metrics = self.algo.update(batch)
+                with self._lock:
+                    self.learner_steps += 1
+                    self._metrics = metrics
+                if self.learner_steps % cfg.learner.publish_every == 0:
+                    # Fire-and-forget: the store copies the weights; the learner never waits for actors.
+                    self.policy_version = self.learner_steps
+                    self._store.publish.remote(self.policy_version, self.algo.policy_weights())
+                if self.learner_steps % cfg.checkpoint.every_updates == 0:
+                    self.checkpoint()
+        finally:
+            source.close()
+        self.checkpoint()
+        return self.stats()
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Checkpoint the Reverb tables, then the learner with the counters at that moment."""
+        from fleetrl.checkpoint import save_checkpoint
+
+        replay = ray.get(self._replay.checkpoint.remote())
+        meta = {"learner_steps": self.learner_steps, "env_steps": self._env_steps_base + replay["inserts"],
+                "policy_version": self.policy_version, "generation": self._generation, "time": time.time(),
+                "replay_checkpoint": replay["path"], "config": config_to_dict(self.cfg),
+                "spec": self.spec.to_dict()}
+        path = save_checkpoint(self._ckpt_dir, self.algo.state_dict(), self.algo.policy_weights(), meta,
+                               keep=self.cfg.checkpoint.keep)
+        with self._lock:
+            self._last_checkpoint = {"path": str(path), "learner_steps": self.learner_steps,
+                                     "env_steps": meta["env_steps"], "time": meta["time"]}
+        return self._last_checkpoint
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            metrics = {k: float(v) for k, v in self._metrics.items()}
+            steps = self.learner_steps
+            elapsed = max(time.monotonic() - self._started, 1e-9)
+            return {"learner_steps": steps, "policy_version": self.policy_version, "metrics": metrics,
+                    "updates_per_s_avg": (steps - self._steps_at_start) / elapsed,
+                    "last_checkpoint": self._last_checkpoint, "device": str(self.device)}
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,194 @@
+"""Reverb replay: the table definition, the episode writer actors use, and the learner's batch source.
+
+A transition is a Reverb item over a two-step window of appended step rows: it reads ``obs`` at both steps (the
+second is the next observation) and every other field at the first. So the next observation is stored once, in the
+following row; after an episode's last step a padding row carries the final observation.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import reverb
+import tensorflow as tf
+import torch
+
+from fleetrl.config import ReplayConfig
+from fleetrl.types import SCALAR_FIELDS, ArraySpec, TransitionBatch, TransitionSpec
+
+ONLINE_TABLE = "online"
+
+# Sampled arrays are read-only views into Reverb's buffers; the learner never writes into a batch.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def _tensor_spec(spec: ArraySpec, window: int | None = None) -> tf.TensorSpec:
+    shape = spec.shape if window is None else (window, *spec.shape)
+    return tf.TensorSpec(shape, tf.as_dtype(spec.dtype))
+
+
+def item_signature(spec: TransitionSpec) -> dict[str, Any]:
+    """Reverb signature of one stored transition, derived from the schema."""
+    sig: dict[str, Any] = {"obs": {k: _tensor_spec(s, window=2) for k, s in spec.obs.items()},
+                           "action": _tensor_spec(spec.action)}
+    sig.update({k: tf.TensorSpec((), tf.as_dtype(dt)) for k, dt in SCALAR_FIELDS.items()})
+    return sig
+
+
+def rate_limiter(cfg: ReplayConfig, batch_size: int) -> reverb.rate_limiters.SampleToInsertRatio:
+    """Holds ``cfg.updates_per_step`` learner updates per inserted env step.
+
+    Each update samples ``batch_size`` items, so the sample-to-insert ratio is ``updates_per_step * batch_size``;
+    the error buffer lets either side run ``rate_tolerance_steps`` env steps ahead before it blocks.
+    """
+    spi = cfg.updates_per_step * batch_size
+    return reverb.rate_limiters.SampleToInsertRatio(
+        samples_per_insert=spi, min_size_to_sample=cfg.min_size,
+        error_buffer=max(cfg.rate_tolerance_steps * spi, 2.0 * max(1.0, spi)))
+
+
+def online_table(spec: TransitionSpec, cfg: ReplayConfig, batch_size: int) -> reverb.Table:
+    """Table ``online``: uniform sampling, FIFO eviction, the UTD rate limiter."""
+    return reverb.Table(
+        name=ONLINE_TABLE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+        max_size=cfg.capacity, rate_limiter=rate_limiter(cfg, batch_size), signature=item_signature(spec))
+
+
+def inserts_completed(client: reverb.Client, table: str = ONLINE_TABLE) -> int:
+    """Items inserted into ``table`` since its server started (restored items not counted)."""
+    return int(client.server_info()[table].rate_limiter_info.insert_stats.completed)
+
+
+class EpisodeWriter:
+    """Writes finished episodes into Reverb through one ``TrajectoryWriter``.
+
+    Items are created only once an episode is complete (its Monte-Carlo returns are known then), so a crash
+    mid-episode never leaves half an episode in replay.
+    """
+
+    def __init__(self, client: reverb.Client, table: str = ONLINE_TABLE, flush_timeout_ms: int = 1000):
+        self._writer = client.trajectory_writer(num_keep_alive_refs=2)
+        self._table = table
+        self._flush_timeout_ms = flush_timeout_ms
+
+    def write_episode(self, rows: Sequence[Mapping[str, Any]], padding_row: Mapping[str, Any],
+                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Append ``rows`` plus the padding row, one item per row; block until the server accepted them.
+
+        Returns False if ``should_stop`` became true while the rate limiter held the items back (they are then
+        dropped, never half-written into an item).
+        """
+        writer = self._writer
+        for row in (*rows, padding_row):
+            writer.append(row)
+            if writer.episode_steps >= 2:
+                self._create_item()
+        while True:
+            try:
+                writer.flush(timeout_ms=self._flush_timeout_ms)
+                break
+            except reverb.DeadlineExceededError:
+                if should_stop():
+                    return False
+        writer.end_episode(clear_buffers=True)
+        return True
+
+    def _create_item(self) -> None:
+        hist = self._writer.history
+        trajectory: dict[str, Any] = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
+                                      "action": hist["action"][-2]}
+        trajectory.update({k: hist[k][-2] for k in SCALAR_FIELDS})
+        self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
+
+    def close(self) -> None:
+        try:
+            self._writer.close(block=False)
+        except Exception:  # noqa: BLE001 - closing a writer whose server is gone must not mask the real error
+            pass
+
+
+def split_sample(data: Mapping[str, Any]) -> TransitionBatch:
+    """Turn sampled item data (numpy, leading batch axis) into a :class:`TransitionBatch` without copying."""
+    obs = {k: v[:, 0] for k, v in data["obs"].items()}
+    next_obs = {k: v[:, 1] for k, v in data["obs"].items()}
+    return TransitionBatch(obs=obs, next_obs=next_obs, action=data["action"],
+                           **{k: data[k] for k in SCALAR_FIELDS})
+
+
+def make_dataset(address: str, batch_size: int, table: str = ONLINE_TABLE, in_flight: int | None = None,
+                 rate_limiter_timeout_ms: int = 1000) -> tf.data.Dataset:
+    """Reverb's tf.data sampling path (the throughput path; ``Client.sample`` is not), batched."""
+    ds = reverb.TrajectoryDataset.from_table_signature(
+        server_address=address, table=table,
+        max_in_flight_samples_per_worker=in_flight or 2 * batch_size,
+        rate_limiter_timeout_ms=rate_limiter_timeout_ms)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+class BatchSource:
+    """Background thread that samples batches from Reverb into torch tensors on ``device``.
+
+    Sampling stalls (the rate limiter holding the learner back) surface as a timed-out ``next`` that returns None,
+    so the learner loop can notice a stop request.
+    """
+
+    def __init__(self, address: str, batch_size: int, device: torch.device | str = "cpu", prefetch: int = 4,
+                 table: str = ONLINE_TABLE):
+        self._address, self._batch_size, self._table = address, batch_size, table
+        self._device = torch.device(device)
+        self._queue: queue.Queue[TransitionBatch] = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="reverb-batch-source", daemon=True)
+        self._thread.start()
+
+    def _to_torch(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self._device.type == "cuda":
+            return t.pin_memory().to(self._device, non_blocking=True)
+        return t
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                dataset = make_dataset(self._address, self._batch_size, self._table)
+                # The iterator ends when the rate limiter blocks past its timeout; loop to check for a stop.
+                for sample in dataset.as_numpy_iterator():
+                    batch = split_sample(sample.data).to(self._to_torch)
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(batch, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if self._stop.is_set():
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            self._error = exc
+
+    def next(self, timeout_s: float = 1.0) -> TransitionBatch | None:
+        """The next batch, or None if none arrived within ``timeout_s``; re-raises a sampler failure."""
+        if self._error is not None:
+            raise RuntimeError(f"Reverb sampling from {self._address} failed") from self._error
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+def limit_tf_threads(n: int) -> None:
+    """Keep TensorFlow (used only for Reverb's dataset path) from spawning a thread pool per core."""
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+    except RuntimeError:  # already initialised in this process; the first setting stands
+        pass

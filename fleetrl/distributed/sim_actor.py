@@ -1,0 +1,104 @@
+"""A simulated actor as a Ray actor: env loop + Reverb episode writer + weight subscriber."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from fleetrl.config import TrainConfig
+from fleetrl.core import Policy
+from fleetrl.types import TransitionSpec
+
+
+@ray.remote(num_cpus=1, max_concurrency=4)
+class SimActor:
+    """Steps one env with the newest policy and streams finished episodes into Reverb.
+
+    ``run`` is the long-running loop; ``stats`` and ``stop`` are served concurrently on other threads.
+    """
+
+    def __init__(self, actor_id: int, cfg: TrainConfig, spec: TransitionSpec, replay_address: str,
+                 weight_store: Any, policy_factory: Callable[[], Policy], generation: int = 0):
+        import reverb
+        import torch
+
+        from fleetrl.actors.env_loop import EnvLoop
+        from fleetrl.distributed.replay import EpisodeWriter
+        from fleetrl.distributed.weights import WeightSubscriber
+        from fleetrl.envs.gym_adapter import make_env
+
+        # One torch thread per actor process: several actors on a small machine otherwise oversubscribe the cores.
+        torch.set_num_threads(cfg.actors.torch_threads)
+        self.actor_id = actor_id
+        env = make_env(cfg.env)
+        got = TransitionSpec.from_spaces(env.observation_space, env.action_space)
+        if got != spec:
+            raise ValueError(f"actor {actor_id}: env {cfg.env.id} has transition spec {got}, the run expects {spec}")
+        self._writer = EpisodeWriter(reverb.Client(replay_address))
+        self._weights = WeightSubscriber(weight_store, policy_factory(), cfg.actors.weight_poll_timeout_s)
+        self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
+                             gamma=cfg.learner.sac.gamma, seed=cfg.actors.seed + 1000 * actor_id,
+                             random_steps=cfg.actors.random_steps, generation=generation,
+                             max_steps_per_s=cfg.actors.max_steps_per_s)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._recent: collections.deque = collections.deque(maxlen=1000)
+        self._steps_written = 0
+        self._episodes_written = 0
+        self._started = time.monotonic()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, max_episodes: int | None = None, wait_for_version: int | None = None) -> dict[str, Any]:
+        """Run episodes until :meth:`stop` (or ``max_episodes``); returns the final stats.
+
+        ``wait_for_version`` holds the first step until that weight version arrived (up to 60 s)."""
+        if wait_for_version is not None:
+            self._weights.wait_for_version(wait_for_version, 60.0)
+        self._started = time.monotonic()
+        n = 0
+        while not self._stop.is_set() and (max_episodes is None or n < max_episodes):
+            ep = self._loop.run_episode(self._stop.is_set)
+            if ep is None:
+                break
+            n += 1
+            with self._lock:
+                self._recent.append(ep)
+                if ep.written:
+                    self._steps_written += ep.length
+                    self._episodes_written += 1
+        self._writer.close()
+        return self.stats(drain=False)
+
+    def stats(self, drain: bool = True) -> dict[str, Any]:
+        """Counters plus the episodes finished since the last drained call."""
+        with self._lock:
+            episodes = list(self._recent)
+            if drain:
+                self._recent.clear()
+            version, _ = self._weights.current()
+            return {
+                "actor_id": self.actor_id,
+                "env_steps": self._loop.total_steps,
+                "steps_written": self._steps_written,
+                "episodes_written": self._episodes_written,
+                "policy_version": version,
+                "weight_latency_s": self._weights.last_latency_s,
+                "episodes": [{"ret": e.ret, "length": e.length, "success": e.success, "episode_id": e.episode_id,
+                              "versions": e.policy_versions} for e in episodes],
+                "uptime_s": time.monotonic() - self._started,
+            }
+
+    def policy_version(self) -> int:
+        return self._weights.current()[0]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._weights.close()

@@ -1,0 +1,116 @@
+"""Versioned weight broadcast: the learner publishes, every actor long-polls for the newest version.
+
+The store keeps only the newest weights, in Ray's object store (put by the store itself, so they outlive a learner
+crash). An actor's subscriber thread waits on the store; a publish wakes every waiting actor at once, and the env
+loop swaps to the new policy between two steps without ever waiting for the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from fleetrl.core import Policy, Weights
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+class WeightStore:
+    """Holds the newest ``(version, weights)``; an async Ray actor so many actors can wait on it at once."""
+
+    def __init__(self) -> None:
+        self._version = -1
+        self._ref: ray.ObjectRef | None = None
+        self._published_at = 0.0
+        self._changed = asyncio.Condition()
+
+    async def publish(self, version: int, weights: Weights) -> None:
+        """Replace the weights if ``version`` is newer (late or repeated publishes are ignored)."""
+        if version <= self._version:
+            return
+        ref = ray.put(weights)
+        async with self._changed:
+            self._version, self._ref, self._published_at = version, ref, time.time()
+            self._changed.notify_all()
+
+    async def wait_newer(self, known_version: int, timeout_s: float) -> tuple[int, list[ray.ObjectRef], float] | None:
+        """``(version, [weights_ref], publish_time)`` once a version newer than ``known_version`` exists, or None
+        after ``timeout_s``. The ref is wrapped in a list so Ray hands over the reference, not a copy."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._version > known_version), timeout_s)
+            except asyncio.TimeoutError:
+                return None
+            return self._version, [self._ref], self._published_at
+
+    def version(self) -> int:
+        return self._version
+
+
+class WeightSubscriber:
+    """Background thread in an actor process that keeps :meth:`current` at the newest published policy."""
+
+    def __init__(self, store: Any, template: Policy, timeout_s: float = 1.0):
+        self._store, self._template, self._timeout_s = store, template, timeout_s
+        self._current: tuple[int, Policy | None] = (-1, None)
+        self.last_latency_s: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="weight-subscriber", daemon=True)
+        self._thread.start()
+
+    def current(self) -> tuple[int, Policy | None]:
+        """Newest ``(version, policy)``; a plain attribute read, never blocks."""
+        return self._current
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                known = self._current[0]
+                got = ray.get(self._store.wait_newer.remote(known, self._timeout_s))
+                if got is None:
+                    continue
+                version, (ref,), published_at = got
+                weights = ray.get(ref)
+                # Load into a fresh copy and swap the reference: the env loop keeps using the old policy object
+                # for any step in flight, and never sees a half-loaded one.
+                policy = copy.deepcopy(self._template)
+                policy.load_weights(weights)
+                self._current = (version, policy)
+                self.last_latency_s = time.time() - published_at
+            except Exception:  # noqa: BLE001 - a store restart must not kill the actor; retry after a pause
+                if self._stop.is_set():
+                    return
+                log.exception("weight subscriber: fetching weights failed; retrying")
+                time.sleep(0.5)
+
+    def wait_for_version(self, version: int, timeout_s: float) -> bool:
+        """Block until at least ``version`` is loaded (tests and start-up only)."""
+        deadline = time.monotonic() + timeout_s
+        while self._current[0] < version:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._timeout_s + 1.0)
+
+
+def policy_factory_default(spec: Any, hidden_dims: tuple[int, ...]) -> Callable[[], Policy]:
+    """Factory for the shipped Gaussian policy (imported lazily to keep Ray workers light)."""
+
+    def make() -> Policy:
+        from fleetrl.learners.policy import GaussianPolicy
+
+        return GaussianPolicy(spec, hidden_dims)
+
+    return make

@@ -1,0 +1,68 @@
+"""The policy that ships to actors and robots: a CPU tanh-Gaussian actor behind numpy in, numpy out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fleetrl.core import Weights
+from fleetrl.learners.networks import TanhGaussianActor, obs_vector
+from fleetrl.types import TransitionSpec
+
+
+def policy_obs_keys(spec: TransitionSpec) -> list[str]:
+    """Observation keys the actor reads: the floating-point (non-image) entries of ``spec.obs``, sorted.
+
+    The learner and the shipped policy both call this, so they always agree on the input layout.
+    """
+    keys = sorted(k for k, s in spec.obs.items() if np.issubdtype(s.dtype, np.floating))
+    if not keys:
+        raise ValueError(f"no floating-point observation keys in the spec (have {sorted(spec.obs)})")
+    return keys
+
+
+def policy_obs_dim(spec: TransitionSpec) -> int:
+    """Length of the concatenated, flattened actor input."""
+    return sum(math.prod(spec.obs[k].shape) for k in policy_obs_keys(spec))
+
+
+class GaussianPolicy:
+    """Implements :class:`fleetrl.core.Policy` for one unbatched observation, on CPU, in eval mode."""
+
+    def __init__(self, spec: TransitionSpec, hidden_dims: Sequence[int], seed: int | None = None) -> None:
+        self.spec = spec
+        self.obs_keys = policy_obs_keys(spec)
+        self.actor = TanhGaussianActor(policy_obs_dim(spec), math.prod(spec.action.shape), hidden_dims).eval()
+        self.actor.requires_grad_(False)
+        # A private generator makes an actor's exploration reproducible without touching the global RNG.
+        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    @torch.inference_mode()
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        """Action in ``(-1, 1)``, float32, shaped like ``spec.action``, for one observation without batch axis."""
+        batch = {k: torch.as_tensor(np.asarray(obs[k], dtype=np.float32)).unsqueeze(0) for k in self.obs_keys}
+        action, _ = self.actor.sample(obs_vector(batch, self.obs_keys), deterministic, self._generator)
+        return action[0].numpy().astype(np.float32, copy=False).reshape(self.spec.action.shape)
+
+    def load_weights(self, weights: Weights) -> None:
+        """Copy published weights (names as in the actor's ``state_dict``) in; strict on names and shapes.
+
+        Everything is validated before anything is copied, so a bad publish leaves the old weights intact.
+        """
+        own = self.actor.state_dict()
+        missing = sorted(set(own) - set(weights))
+        extra = sorted(set(weights) - set(own))
+        if missing:
+            raise ValueError(f"policy weights: missing key {missing[0]!r} (missing: {missing})")
+        if extra:
+            raise ValueError(f"policy weights: unexpected key {extra[0]!r} (extra: {extra})")
+        for key, tensor in own.items():
+            shape = tuple(np.shape(weights[key]))
+            if shape != tuple(tensor.shape):
+                raise ValueError(f"policy weights: {key!r} has shape {shape}, expected {tuple(tensor.shape)}")
+        with torch.no_grad():
+            for key, tensor in own.items():
+                tensor.copy_(torch.as_tensor(np.asarray(weights[key], dtype=np.float32)))

@@ -1,0 +1,30 @@
+"""Small deterministic stand-ins used by tests and benchmarks (importable by Ray workers)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from fleetrl.core import Policy, Weights
+
+
+class ConstantPolicy:
+    """A policy whose action *is* its one weight, ``weights["action"]``: makes weight sync directly observable."""
+
+    def __init__(self, action_shape: tuple[int, ...]):
+        self._shape = tuple(action_shape)
+        self.action = np.zeros(self._shape, np.float32)
+
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        return self.action.copy()
+
+    def load_weights(self, weights: Weights) -> None:
+        if set(weights) != {"action"}:
+            raise ValueError(f"ConstantPolicy expects exactly the weight 'action', got {sorted(weights)}")
+        self.action = np.asarray(weights["action"], np.float32).reshape(self._shape)
+
+
+def constant_policy_factory(action_shape: tuple[int, ...]) -> Callable[[], Policy]:
+    return functools.partial(ConstantPolicy, tuple(action_shape))

@@ -1,0 +1,23 @@
+"""Shared fixtures: small specs and a real in-process Reverb server."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fleetrl.types import ArraySpec, TransitionSpec  # noqa: E402
+
+
+@pytest.fixture
+def dict_spec() -> TransitionSpec:
+    """Two observation keys (a vector and a small uint8 image) and a 2-D action."""
+    return TransitionSpec(obs={"state": ArraySpec((3,), np.dtype(np.float32)),
+                               "image": ArraySpec((4, 4, 3), np.dtype(np.uint8))},
+                          action=ArraySpec((2,), np.dtype(np.float32)))

@@ -1,0 +1,87 @@
+"""Weight broadcast through real Ray actors and a real Reverb server, with a policy whose action is its weight."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import ray
+import reverb
+
+from fleetrl.config import load_config
+from fleetrl.distributed.launcher import transition_spec
+from fleetrl.distributed.replay import BatchSource, online_table
+from fleetrl.distributed.sim_actor import SimActor
+from fleetrl.distributed.weights import WeightStore
+from fleetrl.testing import constant_policy_factory
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
+    yield
+    ray.shutdown()
+
+
+def _wait(pred, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_published_version_changes_actions_mid_episode(ray_local):
+    # Pendulum never terminates: 400-step episodes paced at 200 steps/s (2 s each) make a mid-episode switch
+    # observable.
+    cfg = load_config(None, ["env.id=Pendulum-v1", "env.success=info", "env.max_episode_steps=400",
+                             "actors.random_steps=0", "actors.num_sim=2", "replay.min_size=256",
+                             "actors.max_steps_per_s=200"])
+    spec = transition_spec(cfg)
+    # A rate limiter that never blocks these inserts: this test is about weights, not the update-to-data ratio.
+    table_cfg = load_config(None, ["replay.updates_per_step=0.001", "replay.rate_tolerance_steps=1000000",
+                                   "replay.min_size=256"]).replay
+    server = reverb.Server([online_table(spec, table_cfg, batch_size=256)])
+    store = WeightStore.remote()
+    ray.get(store.publish.remote(0, {"action": np.array([0.25], np.float32)}))
+    factory = constant_policy_factory(spec.action.shape)
+    actors = [SimActor.remote(i, cfg, spec, f"localhost:{server.port}", store, factory) for i in range(2)]
+    runs = [a.run.remote(max_episodes=3, wait_for_version=0) for a in actors]
+    try:
+        # Let each actor get well into its first episode, then publish a new version.
+        _wait(lambda: all(ray.get(a.stats.remote(drain=False))["env_steps"] > 100 for a in actors), 60,
+              "first steps")
+        ray.get(store.publish.remote(7, {"action": np.array([-0.5], np.float32)}))
+        _wait(lambda: all(ray.get(a.policy_version.remote()) == 7 for a in actors), 10, "version 7 on all actors")
+        finals = ray.get(runs, timeout=120)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    # Actor-side record: the first episode used both versions (the switch happened mid-episode).
+    for f in finals:
+        assert f["episodes"][0]["versions"] == (0, 7)
+    # Replay-side record: every stored action equals the weight of the version it is labelled with.
+    client = reverb.Client(f"localhost:{server.port}")
+    n = client.server_info()["online"].current_size
+    assert n == 2 * 3 * 400
+    assert n == sum(f["steps_written"] for f in finals)
+    source = BatchSource(f"localhost:{server.port}", batch_size=600)
+    batch = source.next(timeout_s=30)
+    source.close()
+    versions, actions = batch.policy_version.numpy(), batch.action[:, 0].numpy()
+    assert set(versions) == {0, 7}
+    np.testing.assert_allclose(actions[versions == 0], 0.25)
+    np.testing.assert_allclose(actions[versions == 7], -0.5)
+    server.stop()
+
+
+def test_store_ignores_stale_versions_and_times_out(ray_local):
+    store = WeightStore.remote()
+    ray.get(store.publish.remote(3, {"action": np.ones(1)}))
+    ray.get(store.publish.remote(2, {"action": np.zeros(1)}))  # late publish of an older version
+    assert ray.get(store.version.remote()) == 3
+    version, (ref,), _ = ray.get(store.wait_newer.remote(-1, 1.0))
+    assert version == 3 and ray.get(ref)["action"][0] == 1.0
+    assert ray.get(store.wait_newer.remote(3, 0.2)) is None
