@@ -154,7 +154,7 @@ class TrainConfig:
     name: str = "default"
     run_root: str = "runs"
     """Runs live in ``run_root/name-TIMESTAMP`` unless resumed."""
-    total_env_steps: int = Field(100_000, ge=1)
+    total_env_steps: int = Field(25_000, ge=1)
     """Stop once this many env steps are stored in replay."""
     max_wall_s: float | None = Field(None, gt=0)
     """Stop after this many seconds of training, whatever the step count."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -143,4 +145,36 @@ def test_config_error_fails_before_any_process(tmp_path):
     out = _fleetrl("train", f"run_root={tmp_path}", "actors.num_sims=3")
     assert out.returncode == 2 and "actors.num_sims" in out.stderr
     assert not any(tmp_path.iterdir())  # no run directory was created
+    assert _ray_pids() - before == set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_final_checkpoint(tmp_path, sig):
+    """Ctrl-C / SIGTERM mid-training: exit 0, a final checkpoint at the last update, no process left."""
+    before = _ray_pids()
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    proc = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "train", "-c", str(SMOKE), f"run_root={tmp_path}",
+                             "total_env_steps=10000000", "checkpoint.every_updates=1000000", "logging.wandb=false"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # wait until the learner has made updates
+            metrics = list(tmp_path.glob("*/metrics.jsonl"))
+            if metrics and any(json.loads(x)["learner_steps"] > 20 for x in metrics[0].read_text().splitlines()):
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "stop requested" in err
+    (run_dir,) = list(tmp_path.iterdir())
+    rows = _rows(run_dir)
+    ckpt = _latest(run_dir)
+    # checkpoint.every_updates is out of reach, so this checkpoint is the final one written at shutdown.
+    assert ckpt["learner_steps"] >= rows[-1]["learner_steps"] > 20
     assert _ray_pids() - before == set()

@@ -22,6 +22,7 @@ from fleetrl.config import ReplayConfig
 from fleetrl.types import SCALAR_FIELDS, ArraySpec, TransitionBatch, TransitionSpec
 
 ONLINE_TABLE = "online"
+_MAX_PENDING = 32
 
 # Sampled arrays are read-only views into Reverb's buffers; the learner never writes into a batch.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -78,25 +79,34 @@ class EpisodeWriter:
 
     def write_episode(self, rows: Sequence[Mapping[str, Any]], padding_row: Mapping[str, Any],
                       should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Append ``rows`` plus the padding row, one item per row; block until the server accepted them.
+        """Append ``rows`` plus the padding row, one item per transition; block until the server accepted them.
 
-        Returns False if ``should_stop`` became true while the rate limiter held the items back (they are then
-        dropped, never half-written into an item).
+        Returns False if ``should_stop`` became true while the rate limiter held items back: the rest of the
+        episode is then not inserted. Every item that is inserted is a whole transition with its final
+        ``mc_return``, since items are only created once the episode has ended.
         """
         writer = self._writer
         for row in (*rows, padding_row):
             writer.append(row)
             if writer.episode_steps >= 2:
                 self._create_item()
+                # Keep at most _MAX_PENDING items unconfirmed: bounds memory on both sides while the rate limiter
+                # holds inserts back (Reverb warns about large pending counts for that reason).
+                if writer.episode_steps % _MAX_PENDING == 0 and not self._flush(_MAX_PENDING, should_stop):
+                    return False
+        if not self._flush(0, should_stop):
+            return False
+        writer.end_episode(clear_buffers=True)
+        return True
+
+    def _flush(self, block_until_num_items: int, should_stop: Callable[[], bool]) -> bool:
         while True:
             try:
-                writer.flush(timeout_ms=self._flush_timeout_ms)
-                break
+                self._writer.flush(block_until_num_items=block_until_num_items, timeout_ms=self._flush_timeout_ms)
+                return True
             except reverb.DeadlineExceededError:
                 if should_stop():
                     return False
-        writer.end_episode(clear_buffers=True)
-        return True
 
     def _create_item(self) -> None:
         hist = self._writer.history
