@@ -33,14 +33,15 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address ('auto' joins a running cluster).")] = None,
 ) -> None:
     """Train with sim actors, a Reverb replay server and a learner (defaults: local Ray, 2 actors, CPU)."""
+    from fleetrl.envs.gym_adapter import transition_spec
     from fleetrl.runs import new_run, resume_run
 
     try:
-        if resume is not None:
-            plan = resume_run(resume, config, overrides or [])
-        else:
-            plan = new_run(load_config(config, overrides or []))
-    except ConfigError as exc:
+        cfg = load_config(config, overrides or []) if resume is None else None
+        if cfg is not None:
+            transition_spec(cfg.env)  # an env that cannot be made fails here, before any directory or process
+        plan = resume_run(resume, config, overrides or []) if resume is not None else new_run(cfg)
+    except (ConfigError, ValueError) as exc:
         _fail(str(exc))
     logging.basicConfig(level=logging.WARNING)
     from fleetrl.distributed.launcher import train as run_train

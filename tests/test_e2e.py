@@ -140,10 +140,12 @@ def test_resume_refusals_touch_nothing(runs, tmp_path):
     assert _tree_state(run_dir) == state
 
 
-def test_config_error_fails_before_any_process(tmp_path):
+@pytest.mark.parametrize("override, named", [("actors.num_sims=3", "actors.num_sims"),
+                                              ("env.id=NoSuchEnv-v0", "env.id")])
+def test_config_error_fails_before_any_process(tmp_path, override, named):
     before = _ray_pids()
-    out = _fleetrl("train", f"run_root={tmp_path}", "actors.num_sims=3")
-    assert out.returncode == 2 and "actors.num_sims" in out.stderr
+    out = _fleetrl("train", f"run_root={tmp_path}", override)
+    assert out.returncode == 2 and named in out.stderr
     assert not any(tmp_path.iterdir())  # no run directory was created
     assert _ray_pids() - before == set()
 

@@ -10,10 +10,10 @@ import ray
 import reverb
 
 from fleetrl.config import load_config
-from fleetrl.distributed.launcher import transition_spec
 from fleetrl.distributed.replay import BatchSource, online_table
 from fleetrl.distributed.sim_actor import SimActor
 from fleetrl.distributed.weights import WeightStore
+from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.testing import constant_policy_factory
 
 
@@ -39,7 +39,7 @@ def test_published_version_changes_actions_mid_episode(ray_local):
     cfg = load_config(None, ["env.id=Pendulum-v1", "env.success=info", "env.max_episode_steps=400",
                              "actors.random_steps=0", "actors.num_sim=2", "replay.min_size=256",
                              "actors.max_steps_per_s=200"])
-    spec = transition_spec(cfg)
+    spec = transition_spec(cfg.env)
     # A rate limiter that never blocks these inserts: this test is about weights, not the update-to-data ratio.
     table_cfg = load_config(None, ["replay.updates_per_step=0.001", "replay.rate_tolerance_steps=1000000",
                                    "replay.min_size=256"]).replay

@@ -16,21 +16,13 @@ from fleetrl.distributed.learner_worker import LearnerWorker
 from fleetrl.distributed.replay_server import ReplayServer
 from fleetrl.distributed.sim_actor import SimActor
 from fleetrl.distributed.weights import WeightStore, policy_factory_default
-from fleetrl.envs.gym_adapter import make_env
+from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.progress import MetricsSink
 from fleetrl.runs import RunPlan
 from fleetrl.types import TransitionSpec
 
 log = logging.getLogger(__name__)
-
-
-def transition_spec(cfg: TrainConfig) -> TransitionSpec:
-    """The run's transition schema, read off the configured env's spaces."""
-    env = make_env(cfg.env)
-    try:
-        return TransitionSpec.from_spaces(env.observation_space, env.action_space)
-    finally:
-        env.close()
+_STATS_TIMEOUT_S = 60.0
 
 
 def _init_ray(cfg: TrainConfig, address: str | None) -> bool:
@@ -85,13 +77,16 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
         last_ep["episode_length"] = sum(e["length"] for e in episodes) / len(episodes)
     versions = [a["policy_version"] for a in actors if a["policy_version"] >= 0]
     latencies = [a["weight_latency_s"] for a in actors if a["weight_latency_s"] is not None]
-    new_inserts = replay["inserts"]
+    # Updates per env step since this start, counted after the table first reached min_size (before that the
+    # rate limiter lets no sampling happen, so those inserts are not part of the ratio it holds).
+    fill = max(0, plan.cfg.replay.min_size - replay["restored_size"])
+    new_inserts = replay["inserts"] - fill
     new_updates = learner_steps - plan.counters.get("learner_steps", 0)
     return {
         "_t": now, "time_s": now - t0, "env_steps": env_steps, "learner_steps": learner_steps,
         "env_steps_per_s": (env_steps - prev.get("env_steps", env_steps)) / dt if prev else 0.0,
         "updates_per_s": (learner_steps - prev.get("learner_steps", learner_steps)) / dt if prev else 0.0,
-        "utd_ratio": new_updates / new_inserts if new_inserts else 0.0,
+        "utd_ratio": new_updates / new_inserts if new_inserts > 0 else 0.0,
         "replay_size": replay["size"], "replay_samples": replay["samples"], "replay_inserts": replay["inserts"],
         "episodes": sum(a["episodes_written"] for a in actors) + plan.counters.get("episodes", 0),
         "policy_version": learner["policy_version"],
@@ -105,7 +100,7 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
 def train(plan: RunPlan, address: str | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """Run training until ``total_env_steps``, ``max_wall_s``, a signal or ``stop``; returns a summary."""
     cfg, run_dir = plan.cfg, plan.run_dir
-    spec = transition_spec(cfg)
+    spec = transition_spec(cfg.env)
     owns_ray = _init_ray(cfg, address)
     sink = MetricsSink(run_dir, cfg.logging, config_to_dict(cfg), run_name=run_dir.name)
     handles: dict[str, Any] = {}
@@ -150,9 +145,11 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
         if done:
             ray.get(done)  # raises the worker's error; _shutdown still runs
             raise RuntimeError("a worker returned before it was asked to stop")
-        actor_stats = ray.get([a.stats.remote() for a in actors])
-        row = _row(t0, prev, actor_stats, ray.get(learner.stats.remote()), ray.get(replay.stats.remote()), plan,
-                   last_ep)
+        # Bounded waits: a hung worker shows up as an error here instead of a frozen driver.
+        actor_stats = ray.get([a.stats.remote() for a in actors], timeout=_STATS_TIMEOUT_S)
+        learner_stats = ray.get(learner.stats.remote(), timeout=_STATS_TIMEOUT_S)
+        replay_stats = ray.get(replay.stats.remote(), timeout=_STATS_TIMEOUT_S)
+        row = _row(t0, prev, actor_stats, learner_stats, replay_stats, plan, last_ep)
         sink.write({k: v for k, v in row.items() if not k.startswith("_")})
         prev = row
         if signalled.is_set() or (stop and stop.is_set()):

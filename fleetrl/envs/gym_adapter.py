@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from fleetrl.config import EnvConfig
+from fleetrl.types import TransitionSpec
 
 
 class FleetEnv(gym.Wrapper):
@@ -69,3 +70,12 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> FleetEnv:
     except gym.error.Error as exc:
         raise ValueError(f"env.id: cannot make {cfg.id!r}: {exc}") from exc
     return FleetEnv(env, success=cfg.success)
+
+
+def transition_spec(cfg: EnvConfig) -> TransitionSpec:
+    """The run's transition schema, read off the configured env's spaces (raises naming ``env.id``)."""
+    env = make_env(cfg)
+    try:
+        return TransitionSpec.from_spaces(env.observation_space, env.action_space)
+    finally:
+        env.close()

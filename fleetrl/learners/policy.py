@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fleetrl.core import Weights
-from fleetrl.learners.networks import TanhGaussianActor, obs_vector
+from fleetrl.learners.networks import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, obs_vector
 from fleetrl.types import TransitionSpec
 
 
@@ -30,7 +30,12 @@ def policy_obs_dim(spec: TransitionSpec) -> int:
 
 
 class GaussianPolicy:
-    """Implements :class:`fleetrl.core.Policy` for one unbatched observation, on CPU, in eval mode."""
+    """Implements :class:`fleetrl.core.Policy` for one unbatched observation, on CPU.
+
+    ``act`` runs the actor's MLP in numpy on views of the torch parameters: for one observation, per-op torch
+    dispatch costs several times the arithmetic, and actors call ``act`` every env step (bench_actor_overhead).
+    The torch module stays the source of truth; ``act_torch`` is the reference path the tests compare against.
+    """
 
     def __init__(self, spec: TransitionSpec, hidden_dims: Sequence[int], seed: int | None = None) -> None:
         self.spec = spec
@@ -39,10 +44,36 @@ class GaussianPolicy:
         self.actor.requires_grad_(False)
         # A private generator makes an actor's exploration reproducible without touching the global RNG.
         self._generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self._rng = np.random.default_rng(seed)
+        self._layers = self._numpy_layers()
 
-    @torch.inference_mode()
+    def _numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(W^T, b)`` numpy views of each Linear of the trunk (shared memory: ``load_weights`` updates them)."""
+        layers = []
+        for module in self.actor.trunk.net:
+            if isinstance(module, torch.nn.Linear):
+                layers.append((module.weight.detach().numpy().T, module.bias.detach().numpy()))
+            elif not isinstance(module, torch.nn.ReLU):
+                raise TypeError(f"GaussianPolicy's numpy path supports Linear/ReLU trunks, got {module}")
+        return layers
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """Action in ``(-1, 1)``, float32, shaped like ``spec.action``, for one observation without batch axis."""
+        h = np.concatenate([np.asarray(obs[k], dtype=np.float32).ravel() for k in self.obs_keys])
+        last = len(self._layers) - 1
+        for i, (w_t, b) in enumerate(self._layers):
+            h = h @ w_t + b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        mean, log_std = np.split(h, 2)
+        if not deterministic:
+            log_std = np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+            mean = mean + np.exp(log_std) * self._rng.standard_normal(mean.shape, dtype=np.float32)
+        return np.tanh(mean).astype(np.float32, copy=False).reshape(self.spec.action.shape)
+
+    @torch.inference_mode()
+    def act_torch(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        """The same as :meth:`act` through the torch module (reference path)."""
         batch = {k: torch.as_tensor(np.asarray(obs[k], dtype=np.float32)).unsqueeze(0) for k in self.obs_keys}
         action, _ = self.actor.sample(obs_vector(batch, self.obs_keys), deterministic, self._generator)
         return action[0].numpy().astype(np.float32, copy=False).reshape(self.spec.action.shape)
@@ -66,3 +97,5 @@ class GaussianPolicy:
         with torch.no_grad():
             for key, tensor in own.items():
                 tensor.copy_(torch.as_tensor(np.asarray(weights[key], dtype=np.float32)))
+        # Re-take the numpy views: a deep-copied policy's views would otherwise point at the original's arrays.
+        self._layers = self._numpy_layers()
