@@ -38,17 +38,18 @@ def server(dict_spec):
 def test_sampled_transitions_equal_written_rows(dict_spec, server):
     rng = np.random.default_rng(0)
     client = reverb.Client(f"localhost:{server.port}")
-    writer = EpisodeWriter(client)
+    writer = EpisodeWriter(client, dict_spec)
     expected = {}
     for ep, (length, terminated) in enumerate([(7, True), (5, False)]):
         rows, pad, obs_seq = _episode(dict_spec, 100 + ep, length, version=10 * ep, terminated=terminated, rng=rng)
         assert writer.write_episode(rows, pad)
         for t, row in enumerate(rows):
             expected[row["obs"]["state"].tobytes()] = (row, obs_seq[t + 1])
+    assert writer.flush()
     assert client.server_info()["online"].current_size == 12
     assert inserts_completed(client) == 12
 
-    source = BatchSource(f"localhost:{server.port}", batch_size=8)
+    source = BatchSource(f"localhost:{server.port}", dict_spec, batch_size=8)
     try:
         seen = set()
         for _ in range(20):
@@ -102,8 +103,9 @@ def test_rate_limiter_blocks_writer_until_stop(dict_spec):
     cfg = ReplayConfig(capacity=1000, min_size=2, updates_per_step=1.0, rate_tolerance_steps=3)
     srv = reverb.Server([online_table(dict_spec, cfg, batch_size=2)])
     try:
-        writer = EpisodeWriter(reverb.Client(f"localhost:{srv.port}"), flush_timeout_ms=200)
-        rows, pad, _ = _episode(dict_spec, 1, 20, version=0, terminated=True, rng=np.random.default_rng(2))
+        writer = EpisodeWriter(reverb.Client(f"localhost:{srv.port}"), dict_spec, flush_timeout_ms=200)
+        # Longer than the 32 unconfirmed items the writer allows, so it must wait for the (absent) learner.
+        rows, pad, _ = _episode(dict_spec, 1, 100, version=0, terminated=True, rng=np.random.default_rng(2))
         calls = []
         assert writer.write_episode(rows, pad, should_stop=lambda: calls.append(1) or len(calls) > 2) is False
         assert len(calls) == 3

@@ -67,7 +67,7 @@ def test_published_version_changes_actions_mid_episode(ray_local):
     n = client.server_info()["online"].current_size
     assert n == 2 * 3 * 400
     assert n == sum(f["steps_written"] for f in finals)
-    source = BatchSource(f"localhost:{server.port}", batch_size=600)
+    source = BatchSource(f"localhost:{server.port}", spec, batch_size=600)
     batch = source.next(timeout_s=30)
     source.close()
     versions, actions = batch.policy_version.numpy(), batch.action[:, 0].numpy()

@@ -71,7 +71,8 @@ class LearnerWorker:
         cfg = self.cfg
         self._started, self._steps_at_start = time.monotonic(), self.learner_steps
         self.publish()
-        source = BatchSource(self._address, cfg.learner.batch_size, self.device, cfg.learner.prefetch_batches)
+        source = BatchSource(self._address, self.spec, cfg.learner.batch_size, self.device,
+                             cfg.learner.prefetch_batches)
         try:
             while not self._stop.is_set():
                 batch = source.next(timeout_s=0.5)

@@ -3,6 +3,11 @@
 A transition is a Reverb item over a two-step window of appended step rows: it reads ``obs`` at both steps (the
 second is the next observation) and every other field at the first. So the next observation is stored once, in the
 following row; after an episode's last step a padding row carries the final observation.
+
+Storage layout: each observation key is a column; the action and the float scalars share one float32 column
+(``f32``), the bool and integer scalars one int64 column (``i64``). The writer's cost is per column and per step
+(about 35 us each here), so packing 9 scalar fields into 2 columns more than halves the actors' insert cost.
+:func:`split_sample` unpacks by the names in :mod:`fleetrl.types`; the packing is derived from the schema.
 """
 
 from __future__ import annotations
@@ -33,12 +38,32 @@ def _tensor_spec(spec: ArraySpec, window: int | None = None) -> tf.TensorSpec:
     return tf.TensorSpec(shape, tf.as_dtype(spec.dtype))
 
 
+#: Scalar fields stored in the float32 column after the flattened action, and in the int64 column, in order.
+FLOAT_FIELDS: tuple[str, ...] = tuple(k for k, dt in SCALAR_FIELDS.items() if dt.kind == "f")
+INT_FIELDS: tuple[str, ...] = tuple(k for k, dt in SCALAR_FIELDS.items() if dt.kind != "f")
+
+
+def _action_size(spec: TransitionSpec) -> int:
+    return int(np.prod(spec.action.shape, dtype=np.int64))
+
+
 def item_signature(spec: TransitionSpec) -> dict[str, Any]:
     """Reverb signature of one stored transition, derived from the schema."""
-    sig: dict[str, Any] = {"obs": {k: _tensor_spec(s, window=2) for k, s in spec.obs.items()},
-                           "action": _tensor_spec(spec.action)}
-    sig.update({k: tf.TensorSpec((), tf.as_dtype(dt)) for k, dt in SCALAR_FIELDS.items()})
-    return sig
+    return {"obs": {k: _tensor_spec(s, window=2) for k, s in spec.obs.items()},
+            "f32": tf.TensorSpec((_action_size(spec) + len(FLOAT_FIELDS),), tf.float32),
+            "i64": tf.TensorSpec((len(INT_FIELDS),), tf.int64)}
+
+
+def pack_episode(spec: TransitionSpec, rows: Sequence[Mapping[str, Any]],
+                 padding_row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Schema rows (plus the padding row) in the storage layout: ``{"obs": {...}, "f32": [...], "i64": [...]}``."""
+    every = [*rows, padding_row]
+    a = _action_size(spec)
+    f32 = np.empty((len(every), a + len(FLOAT_FIELDS)), np.float32)
+    f32[:, :a] = np.stack([np.asarray(r["action"], np.float32).reshape(a) for r in every])
+    f32[:, a:] = [[r[k] for k in FLOAT_FIELDS] for r in every]
+    i64 = np.array([[r[k] for k in INT_FIELDS] for r in every], np.int64)
+    return [{"obs": r["obs"], "f32": f32[t], "i64": i64[t]} for t, r in enumerate(every)]
 
 
 def rate_limiter(cfg: ReplayConfig, batch_size: int) -> reverb.rate_limiters.SampleToInsertRatio:
@@ -68,36 +93,38 @@ def inserts_completed(client: reverb.Client, table: str = ONLINE_TABLE) -> int:
 class EpisodeWriter:
     """Writes finished episodes into Reverb through one ``TrajectoryWriter``.
 
-    Items are created only once an episode is complete (its Monte-Carlo returns are known then), so a crash
-    mid-episode never leaves half an episode in replay.
+    Items are created only once an episode is complete (its Monte-Carlo returns are known then), so an actor that
+    dies mid-episode stores nothing of that episode.
     """
 
-    def __init__(self, client: reverb.Client, table: str = ONLINE_TABLE, flush_timeout_ms: int = 1000):
+    def __init__(self, client: reverb.Client, spec: TransitionSpec, table: str = ONLINE_TABLE,
+                 flush_timeout_ms: int = 1000):
         self._writer = client.trajectory_writer(num_keep_alive_refs=2)
-        self._table = table
+        self._spec, self._table = spec, table
         self._flush_timeout_ms = flush_timeout_ms
 
     def write_episode(self, rows: Sequence[Mapping[str, Any]], padding_row: Mapping[str, Any],
                       should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Append ``rows`` plus the padding row, one item per transition; block until the server accepted them.
+        """Append ``rows`` plus the padding row and create one item per transition.
 
-        Returns False if ``should_stop`` became true while the rate limiter held items back: the rest of the
-        episode is then not inserted. Every item that is inserted is a whole transition with its final
-        ``mc_return``, since items are only created once the episode has ended.
+        Returns once at most ``_MAX_PENDING`` items are unconfirmed (the rate limiter's back-pressure reaches the
+        actor here, and the next episode's items pipeline behind this one's). Returns False if ``should_stop``
+        became true while the rate limiter held items back: the rest of the episode is then not inserted. Every
+        item that is inserted is a whole transition with its final ``mc_return``.
         """
         writer = self._writer
-        for row in (*rows, padding_row):
-            writer.append(row)
-            if writer.episode_steps >= 2:
+        for i, step in enumerate(pack_episode(self._spec, rows, padding_row)):
+            writer.append(step)
+            if i >= 1:  # never a window across two episodes: the first row of an episode only opens one
                 self._create_item()
-                # Keep at most _MAX_PENDING items unconfirmed: bounds memory on both sides while the rate limiter
-                # holds inserts back (Reverb warns about large pending counts for that reason).
-                if writer.episode_steps % _MAX_PENDING == 0 and not self._flush(_MAX_PENDING, should_stop):
-                    return False
-        if not self._flush(0, should_stop):
-            return False
-        writer.end_episode(clear_buffers=True)
-        return True
+            # Bound the unconfirmed items: memory on both sides stays small while the limiter blocks inserts.
+            if i % _MAX_PENDING == _MAX_PENDING - 1 and not self._flush(_MAX_PENDING, should_stop):
+                return False
+        return self._flush(_MAX_PENDING, should_stop)
+
+    def flush(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Block until every created item is confirmed by the server (False if stopped first)."""
+        return self._flush(0, should_stop)
 
     def _flush(self, block_until_num_items: int, should_stop: Callable[[], bool]) -> bool:
         while True:
@@ -110,24 +137,31 @@ class EpisodeWriter:
 
     def _create_item(self) -> None:
         hist = self._writer.history
-        trajectory: dict[str, Any] = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
-                                      "action": hist["action"][-2]}
-        trajectory.update({k: hist[k][-2] for k in SCALAR_FIELDS})
+        trajectory = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
+                      "f32": hist["f32"][-2], "i64": hist["i64"][-2]}
         self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
 
-    def close(self) -> None:
+    def close(self, timeout_ms: int = 2000) -> None:
+        """Send what is pending (waiting at most ``timeout_ms``), then close."""
+        try:
+            self._writer.flush(timeout_ms=timeout_ms)
+        except Exception:  # noqa: BLE001 - a blocked or gone server: what is unsent is dropped, not half-written
+            pass
         try:
             self._writer.close(block=False)
         except Exception:  # noqa: BLE001 - closing a writer whose server is gone must not mask the real error
             pass
 
 
-def split_sample(data: Mapping[str, Any]) -> TransitionBatch:
-    """Turn sampled item data (numpy, leading batch axis) into a :class:`TransitionBatch` without copying."""
-    obs = {k: v[:, 0] for k, v in data["obs"].items()}
-    next_obs = {k: v[:, 1] for k, v in data["obs"].items()}
-    return TransitionBatch(obs=obs, next_obs=next_obs, action=data["action"],
-                           **{k: data[k] for k in SCALAR_FIELDS})
+def split_sample(spec: TransitionSpec, data: Mapping[str, Any]) -> TransitionBatch:
+    """Sampled item data (numpy, leading batch axis) as a :class:`TransitionBatch`, unpacked by field name."""
+    a = _action_size(spec)
+    f32, i64 = data["f32"], data["i64"]
+    fields: dict[str, Any] = {k: f32[:, a + j] for j, k in enumerate(FLOAT_FIELDS)}
+    fields.update({k: i64[:, j].astype(SCALAR_FIELDS[k]) for j, k in enumerate(INT_FIELDS)})
+    return TransitionBatch(obs={k: v[:, 0] for k, v in data["obs"].items()},
+                           next_obs={k: v[:, 1] for k, v in data["obs"].items()},
+                           action=f32[:, :a].reshape(f32.shape[0], *spec.action.shape), **fields)
 
 
 def make_dataset(address: str, batch_size: int, table: str = ONLINE_TABLE, in_flight: int | None = None,
@@ -147,9 +181,9 @@ class BatchSource:
     so the learner loop can notice a stop request.
     """
 
-    def __init__(self, address: str, batch_size: int, device: torch.device | str = "cpu", prefetch: int = 4,
-                 table: str = ONLINE_TABLE):
-        self._address, self._batch_size, self._table = address, batch_size, table
+    def __init__(self, address: str, spec: TransitionSpec, batch_size: int, device: torch.device | str = "cpu",
+                 prefetch: int = 4, table: str = ONLINE_TABLE):
+        self._address, self._spec, self._batch_size, self._table = address, spec, batch_size, table
         self._device = torch.device(device)
         self._queue: queue.Queue[TransitionBatch] = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -169,7 +203,7 @@ class BatchSource:
                 dataset = make_dataset(self._address, self._batch_size, self._table)
                 # The iterator ends when the rate limiter blocks past its timeout; loop to check for a stop.
                 for sample in dataset.as_numpy_iterator():
-                    batch = split_sample(sample.data).to(self._to_torch)
+                    batch = split_sample(self._spec, sample.data).to(self._to_torch)
                     while not self._stop.is_set():
                         try:
                             self._queue.put(batch, timeout=0.2)

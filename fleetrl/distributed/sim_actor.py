@@ -40,7 +40,7 @@ class SimActor:
         got = TransitionSpec.from_spaces(env.observation_space, env.action_space)
         if got != spec:
             raise ValueError(f"actor {actor_id}: env {cfg.env.id} has transition spec {got}, the run expects {spec}")
-        self._writer = EpisodeWriter(reverb.Client(replay_address))
+        self._writer = EpisodeWriter(reverb.Client(replay_address), spec)
         self._weights = WeightSubscriber(weight_store, policy_factory(), cfg.actors.weight_poll_timeout_s)
         self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
                              gamma=cfg.learner.sac.gamma, seed=cfg.actors.seed + 1000 * actor_id,
