@@ -88,7 +88,7 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
         "updates_per_s": (learner_steps - prev.get("learner_steps", learner_steps)) / dt if prev else 0.0,
         "utd_ratio": new_updates / new_inserts if new_inserts > 0 else 0.0,
         "replay_size": replay["size"], "replay_samples": replay["samples"], "replay_inserts": replay["inserts"],
-        "episodes": sum(a["episodes_written"] for a in actors) + plan.counters.get("episodes", 0),
+        "episodes": sum(a["episodes_written"] for a in actors),  # since this start
         "policy_version": learner["policy_version"],
         "policy_lag": (learner_steps - min(versions)) if versions else None,
         "weight_latency_s": max(latencies) if latencies else None,

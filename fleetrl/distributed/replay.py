@@ -27,7 +27,9 @@ from fleetrl.config import ReplayConfig
 from fleetrl.types import SCALAR_FIELDS, ArraySpec, TransitionBatch, TransitionSpec
 
 ONLINE_TABLE = "online"
-_MAX_PENDING = 32
+#: The writer waits whenever more than this many items are unconfirmed, checking every this many items, so at most
+#: twice as many are ever in flight (Reverb itself warns above about 50).
+MAX_PENDING_ITEMS = 16
 
 # Sampled arrays are read-only views into Reverb's buffers; the learner never writes into a batch.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -107,7 +109,7 @@ class EpisodeWriter:
                       should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Append ``rows`` plus the padding row and create one item per transition.
 
-        Returns once at most ``_MAX_PENDING`` items are unconfirmed (the rate limiter's back-pressure reaches the
+        Returns once at most ``MAX_PENDING_ITEMS`` items are unconfirmed (the rate limiter's back-pressure reaches the
         actor here, and the next episode's items pipeline behind this one's). Returns False if ``should_stop``
         became true while the rate limiter held items back: the rest of the episode is then not inserted. Every
         item that is inserted is a whole transition with its final ``mc_return``.
@@ -118,9 +120,9 @@ class EpisodeWriter:
             if i >= 1:  # never a window across two episodes: the first row of an episode only opens one
                 self._create_item()
             # Bound the unconfirmed items: memory on both sides stays small while the limiter blocks inserts.
-            if i % _MAX_PENDING == _MAX_PENDING - 1 and not self._flush(_MAX_PENDING, should_stop):
+            if i % MAX_PENDING_ITEMS == MAX_PENDING_ITEMS - 1 and not self._flush(MAX_PENDING_ITEMS, should_stop):
                 return False
-        return self._flush(_MAX_PENDING, should_stop)
+        return self._flush(MAX_PENDING_ITEMS, should_stop)
 
     def flush(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Block until every created item is confirmed by the server (False if stopped first)."""

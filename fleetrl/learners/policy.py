@@ -96,6 +96,7 @@ class GaussianPolicy:
                 raise ValueError(f"policy weights: {key!r} has shape {shape}, expected {tuple(tensor.shape)}")
         with torch.no_grad():
             for key, tensor in own.items():
-                tensor.copy_(torch.as_tensor(np.asarray(weights[key], dtype=np.float32)))
+                # Published arrays may be read-only views of Ray's object store: copy through numpy.
+                np.copyto(tensor.numpy(), np.asarray(weights[key]), casting="same_kind")
         # Re-take the numpy views: a deep-copied policy's views would otherwise point at the original's arrays.
         self._layers = self._numpy_layers()
