@@ -20,6 +20,7 @@ _DISPLAY = [
     ("learner steps", "learner_steps", "{:,.0f}"),
     ("updates/s", "updates_per_s", "{:.1f}"),
     ("update-to-data", "utd_ratio", "{:.3f}"),
+    ("update-to-data (total)", "utd_ratio_total", "{:.3f}"),
     ("replay size", "replay_size", "{:,.0f}"),
     ("episode return", "episode_return", "{:.2f}"),
     ("success rate", "success_rate", "{:.2f}"),
@@ -67,7 +68,7 @@ class MetricsSink:
         if self._live is not None:
             self._live.update(self._table(row))
         else:
-            parts = [f"{label}={fmt.format(row[key])}" for label, key, fmt in _DISPLAY[:9] if row.get(key) is not None]
+            parts = [f"{label}={fmt.format(row[key])}" for label, key, fmt in _DISPLAY[:10] if row.get(key) is not None]
             self._console.print(" | ".join(parts), highlight=False)
 
     def close(self) -> None:

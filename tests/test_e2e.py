@@ -150,14 +150,16 @@ def test_config_error_fails_before_any_process(tmp_path, override, named):
     assert _ray_pids() - before == set()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_cleanly_with_final_checkpoint(tmp_path, sig):
-    """Ctrl-C / SIGTERM mid-training: exit 0, a final checkpoint at the last update, no process left."""
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_signal_stops_cleanly_with_final_checkpoint(tmp_path, sig, to_group):
+    """SIGTERM to the driver, or Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it)
+    mid-training: exit 0, a final checkpoint at the last update, no process left."""
     before = _ray_pids()
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     proc = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "train", "-c", str(SMOKE), f"run_root={tmp_path}",
                              "total_env_steps=10000000", "checkpoint.every_updates=1000000", "logging.wandb=false"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:  # wait until the learner has made updates
@@ -167,7 +169,10 @@ def test_signal_stops_cleanly_with_final_checkpoint(tmp_path, sig):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "training never started"
             time.sleep(0.5)
-        proc.send_signal(sig)
+        if to_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:

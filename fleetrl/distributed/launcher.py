@@ -86,7 +86,11 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
         "_t": now, "time_s": now - t0, "env_steps": env_steps, "learner_steps": learner_steps,
         "env_steps_per_s": (env_steps - prev.get("env_steps", env_steps)) / dt if prev else 0.0,
         "updates_per_s": (learner_steps - prev.get("learner_steps", learner_steps)) / dt if prev else 0.0,
-        "utd_ratio": new_updates / new_inserts if new_inserts > 0 else 0.0,
+        # Over the last interval: the ratio the limiter holds now. The total lags at first, because actors may run
+        # replay.rate_tolerance_steps ahead of the learner before they block.
+        "utd_ratio": ((learner_steps - prev["learner_steps"]) / (env_steps - prev["env_steps"])
+                      if prev and env_steps > prev["env_steps"] and new_inserts > 0 else None),
+        "utd_ratio_total": new_updates / new_inserts if new_inserts > 0 else 0.0,
         "replay_size": replay["size"], "replay_samples": replay["samples"], "replay_inserts": replay["inserts"],
         "episodes": sum(a["episodes_written"] for a in actors),  # since this start
         "policy_version": learner["policy_version"],
