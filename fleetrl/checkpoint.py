@@ -34,6 +34,11 @@ def _atomic_write_bytes(path: pathlib.Path, write: Any) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, algorithm_state: dict[str, Any], policy_weights: dict[str, Any],

@@ -65,8 +65,10 @@ class ReplayConfig:
     """Transitions in ``online`` before the learner may sample."""
     updates_per_step: float = Field(1.0, gt=0)
     """Update-to-data ratio the rate limiter holds: learner updates per env step inserted."""
-    rate_tolerance_steps: int = Field(2000, ge=1)
-    """How many env steps the learner may run ahead of or behind the ratio (Reverb's error buffer, in inserts)."""
+    rate_tolerance_steps: int = Field(1000, ge=1)
+    """How many env steps the learner may run ahead of or behind the ratio (Reverb's error buffer, in inserts).
+    Keep it <= ``min_size``: otherwise the learner may take more than its ratio of updates on the first
+    transitions. Larger values let bursty writers (whole episodes at once) run without blocking."""
     port: int = Field(0, ge=0, le=65535)
     """gRPC port of the Reverb server; 0 picks a free one."""
 
@@ -178,13 +180,27 @@ class TrainConfig:
         return self
 
 
+def _section_fields(path: tuple[Any, ...]) -> list[str]:
+    """Field names of the config section at ``path`` (e.g. ``("actors",)``), or [] if it is not a section."""
+    cls: Any = TrainConfig
+    for part in path:
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
+        field_type = hints.get(str(part))
+        sub = globals().get(field_type) if isinstance(field_type, str) else field_type
+        if sub is None or not dataclasses.is_dataclass(sub):
+            return []
+        cls = sub
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if p != "__root__") or "<config>"
         msg = e["msg"]
         if e["type"] == "unexpected_keyword_argument" or e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            known = _section_fields(tuple(e["loc"][:-1]))
+            msg = "unknown key" + (f" (known keys here: {', '.join(known)})" if known else "")
         allowed = e.get("ctx", {}).get("expected")
         lines.append(f"{key}: {msg}" + (f" (allowed: {allowed})" if allowed and "expected" not in msg else ""))
     return "; ".join(lines)

@@ -68,7 +68,7 @@ class MetricsSink:
         if self._live is not None:
             self._live.update(self._table(row))
         else:
-            parts = [f"{label}={fmt.format(row[key])}" for label, key, fmt in _DISPLAY[:10] if row.get(key) is not None]
+            parts = [f"{label}={fmt.format(row[key])}" for label, key, fmt in _DISPLAY if row.get(key) is not None]
             self._console.print(" | ".join(parts), highlight=False)
 
     def close(self) -> None:

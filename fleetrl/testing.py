@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -26,5 +25,6 @@ class ConstantPolicy:
         self.action = np.asarray(weights["action"], np.float32).reshape(self._shape)
 
 
-def constant_policy_factory(action_shape: tuple[int, ...]) -> Callable[[], Policy]:
-    return functools.partial(ConstantPolicy, tuple(action_shape))
+def constant_policy_factory(action_shape: tuple[int, ...]) -> Callable[[int], Policy]:
+    """Factory ``seed -> ConstantPolicy`` (the seed is unused: the policy has no noise)."""
+    return lambda seed: ConstantPolicy(tuple(action_shape))

@@ -46,6 +46,8 @@ def test_errors_name_the_key(overrides, key):
 def test_allowed_values_are_listed():
     with pytest.raises(ConfigError, match="'info' or 'survive'"):
         load_config(None, ["env.success=sometimes"])
+    with pytest.raises(ConfigError, match=r"actors.num_simm: unknown key \(known keys here: num_sim, "):
+        load_config(None, ["actors.num_simm=3"])
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):

@@ -56,8 +56,10 @@ def runs(tmp_path_factory):
     first_data = torch.load(run_dir / "checkpoints" / first_ckpt["file"], weights_only=False)
     second = _fleetrl("train", "--resume", str(run_dir), "total_env_steps=2400")
     assert second.returncode == 0, second.stderr[-3000:]
+    ckpt = _latest(run_dir)
+    data = torch.load(run_dir / "checkpoints" / ckpt["file"], weights_only=False)
     return {"dir": run_dir, "first_rows": first_rows, "first_ckpt": first_ckpt, "rows": _rows(run_dir),
-            "ckpt": _latest(run_dir), "before": before, "first_data": first_data}
+            "ckpt": ckpt, "before": before, "first_data": first_data, "data": data}
 
 
 def test_metrics_file_has_live_progress(runs):
@@ -69,6 +71,10 @@ def test_metrics_file_has_live_progress(runs):
     assert rows[-1]["env_steps"] >= 1200 and rows[-1]["learner_steps"] > 0
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
     assert (runs["dir"] / "wandb").is_dir()  # the offline wandb run sits in the run directory
+    # The learner's weights reached the actors: they hold a published version, a bounded lag behind.
+    assert rows[-1]["policy_version"] >= 0 and rows[-1]["policy_lag"] is not None
+    assert 0 <= rows[-1]["policy_lag"] <= rows[-1]["learner_steps"]
+    assert rows[-1]["weight_latency_s"] is not None
 
 
 def test_rate_limiter_holds_update_to_data_ratio(runs):
@@ -95,8 +101,15 @@ def test_checkpoint_written_and_loadable(runs):
     assert any((run_dir / "replay").iterdir())  # Reverb's table checkpoint
 
 
+def _adam_steps(algorithm_state: dict) -> set[int]:
+    return {int(v["step"]) for v in algorithm_state["critic_optim"]["state"].values()}
+
+
 def test_resume_continues_counters(runs):
     first, second = runs["first_ckpt"], runs["ckpt"]
+    # The optimiser continued too: its step count equals all updates of both starts, not of the second alone.
+    assert _adam_steps(runs["first_data"]["algorithm"]) == {first["learner_steps"]}
+    assert _adam_steps(runs["data"]["algorithm"]) == {second["learner_steps"]}
     assert second["generation"] == first["generation"] + 1
     assert second["learner_steps"] > first["learner_steps"]
     assert second["env_steps"] >= 2400 > first["env_steps"]

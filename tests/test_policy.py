@@ -38,3 +38,27 @@ def test_stochastic_actions_vary_and_repeat_with_seed(dict_spec):
     ys = [b.act(obs) for _ in range(5)]
     np.testing.assert_array_equal(xs, ys)
     assert len({x.tobytes() for x in xs}) == 5
+
+
+def test_copies_continue_the_exploration_noise(dict_spec):
+    """A weight update must not restart the noise: the subscriber deep-copies its template for every version."""
+    obs = {"state": np.zeros(3, np.float32), "image": np.zeros((4, 4, 3), np.uint8)}
+    template = GaussianPolicy(dict_spec, (16,), seed=4)
+    weights = {k: v.numpy().copy() for k, v in template.actor.state_dict().items()}
+    draws = []
+    for _ in range(4):  # four "versions" with identical weights: identical noise would mean a restarted stream
+        policy = copy.deepcopy(template)
+        policy.load_weights(weights)
+        draws.append(policy.act(obs).tobytes())
+    assert len(set(draws)) == 4
+
+
+def test_algorithms_and_env_loop_import_neither_ray_nor_reverb():
+    """Pure parts stay pure: importing them (and everything they import) loads neither Ray nor Reverb."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fleetrl.learners, fleetrl.learners.sac, fleetrl.actors.env_loop, fleetrl.envs.gym_adapter; "
+            "print(sorted(m for m in ('ray', 'reverb', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

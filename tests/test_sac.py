@@ -310,3 +310,18 @@ def test_learns_a_contextual_bandit() -> None:
     trained = policy_error()
     assert untrained > 0.03, untrained  # ~ E[(0.5 x)^2] = 1/12 for an output near 0
     assert trained < 0.01, (untrained, trained)  # seeds 0-5 reach 0.001-0.003
+
+
+def test_generator_state_from_another_device_type_is_accepted():
+    """A CPU run resumed on a CUDA learner (or back): generator states differ in size; loading must not fail."""
+    spec = TransitionSpec(obs={"state": ArraySpec((3,), np.dtype(np.float32))},
+                          action=ArraySpec((2,), np.dtype(np.float32)))
+    sac = SAC(spec, SACConfig(hidden_dims=(16,)), seed=0)
+    state = sac.state_dict()
+    state["generator"] = torch.arange(16, dtype=torch.uint8)  # the size of a CUDA Philox generator state
+    other = SAC(spec, SACConfig(hidden_dims=(16,)), seed=1)
+    other.load_state_dict(state)
+    for name, tensor in sac.actor.state_dict().items():
+        torch.testing.assert_close(other.actor.state_dict()[name], tensor)
+    fresh = SAC(spec, SACConfig(hidden_dims=(16,)), seed=1)
+    assert not torch.equal(other.generator.get_state(), fresh.generator.get_state())  # reseeded from the state

@@ -34,9 +34,9 @@ def _wait(pred, timeout_s, what):
 
 
 def test_published_version_changes_actions_mid_episode(ray_local):
-    # Pendulum never terminates: 400-step episodes paced at 200 steps/s (2 s each) make a mid-episode switch
-    # observable.
-    cfg = load_config(None, ["env.id=Pendulum-v1", "env.success=info", "env.max_episode_steps=400",
+    # Pendulum never terminates: 1000-step episodes paced at 200 steps/s (5 s each) leave a wide window for the
+    # publish to land mid-episode on both actors, however unevenly they start.
+    cfg = load_config(None, ["env.id=Pendulum-v1", "env.success=info", "env.max_episode_steps=1000",
                              "actors.random_steps=0", "actors.num_sim=2", "replay.min_size=256",
                              "actors.max_steps_per_s=200"])
     spec = transition_spec(cfg.env)
@@ -47,8 +47,9 @@ def test_published_version_changes_actions_mid_episode(ray_local):
     store = WeightStore.remote()
     ray.get(store.publish.remote(0, {"action": np.array([0.25], np.float32)}))
     factory = constant_policy_factory(spec.action.shape)
-    actors = [SimActor.remote(i, cfg, spec, f"localhost:{server.port}", store, factory) for i in range(2)]
-    runs = [a.run.remote(max_episodes=3, wait_for_version=0) for a in actors]
+    actors = [SimActor.remote(i, cfg, spec, f"localhost:{server.port}", store, factory, generation=2)
+              for i in range(2)]
+    runs = [a.run.remote(max_episodes=2, wait_for_version=0) for a in actors]
     try:
         # Let each actor get well into its first episode, then publish a new version.
         _wait(lambda: all(ray.get(a.stats.remote(drain=False))["env_steps"] > 100 for a in actors), 60,
@@ -60,12 +61,14 @@ def test_published_version_changes_actions_mid_episode(ray_local):
         for a in actors:
             ray.kill(a)
     # Actor-side record: the first episode used both versions (the switch happened mid-episode).
-    for f in finals:
+    for i, f in enumerate(finals):
         assert f["episodes"][0]["versions"] == (0, 7)
+        # Episode ids carry the run generation and the actor id.
+        assert all(e["episode_id"] >> 44 == 2 and (e["episode_id"] >> 28) & 0xFFFF == i for e in f["episodes"])
     # Replay-side record: every stored action equals the weight of the version it is labelled with.
     client = reverb.Client(f"localhost:{server.port}")
     n = client.server_info()["online"].current_size
-    assert n == 2 * 3 * 400
+    assert n == 2 * 2 * 1000
     assert n == sum(f["steps_written"] for f in finals)
     source = BatchSource(f"localhost:{server.port}", spec, batch_size=600)
     batch = source.next(timeout_s=30)

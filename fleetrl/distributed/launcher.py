@@ -133,7 +133,9 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
         cfg, spec, address, replay, store, str(run_dir), plan.counters, plan.init_state)
     handles["learner"] = learner
     factory = policy_factory_default(spec, cfg.learner.sac.hidden_dims)
-    actors = [SimActor.remote(i, cfg, spec, address, store, factory, generation) for i in range(cfg.actors.num_sim)]
+    resumed = plan.init_state is not None
+    actors = [SimActor.remote(i, cfg, spec, address, store, factory, generation, resumed)
+              for i in range(cfg.actors.num_sim)]
     handles["actors"] = actors
     handles["learner_run"] = learner.run.remote()
     handles["actor_runs"] = [a.run.remote() for a in actors]

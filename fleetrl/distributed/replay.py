@@ -45,6 +45,10 @@ FLOAT_FIELDS: tuple[str, ...] = tuple(k for k, dt in SCALAR_FIELDS.items() if dt
 INT_FIELDS: tuple[str, ...] = tuple(k for k, dt in SCALAR_FIELDS.items() if dt.kind != "f")
 
 
+assert all(SCALAR_FIELDS[k] == np.float32 for k in FLOAT_FIELDS), "packed float fields must be float32"
+assert all(np.can_cast(SCALAR_FIELDS[k], np.int64) for k in INT_FIELDS), "packed int fields must fit int64"
+
+
 def _action_size(spec: TransitionSpec) -> int:
     return int(np.prod(spec.action.shape, dtype=np.int64))
 
@@ -167,8 +171,10 @@ def split_sample(spec: TransitionSpec, data: Mapping[str, Any]) -> TransitionBat
 
 
 def make_dataset(address: str, batch_size: int, table: str = ONLINE_TABLE, in_flight: int | None = None,
-                 rate_limiter_timeout_ms: int = 1000) -> tf.data.Dataset:
-    """Reverb's tf.data sampling path (the throughput path; ``Client.sample`` is not), batched."""
+                 rate_limiter_timeout_ms: int = -1) -> tf.data.Dataset:
+    """Reverb's tf.data sampling path (the throughput path; ``Client.sample`` is not), batched.
+
+    ``rate_limiter_timeout_ms`` -1 waits as long as the rate limiter blocks; otherwise the dataset ends then."""
     ds = reverb.TrajectoryDataset.from_table_signature(
         server_address=address, table=table,
         max_in_flight_samples_per_worker=in_flight or 2 * batch_size,
@@ -179,8 +185,10 @@ def make_dataset(address: str, batch_size: int, table: str = ONLINE_TABLE, in_fl
 class BatchSource:
     """Background thread that samples batches from Reverb into torch tensors on ``device``.
 
-    Sampling stalls (the rate limiter holding the learner back) surface as a timed-out ``next`` that returns None,
-    so the learner loop can notice a stop request.
+    One long-lived dataset iterator with no rate-limiter timeout: rebuilding the dataset after a timeout would
+    drop the samples it had in flight, which Reverb has already counted against the update-to-data ratio. Stalls
+    (the rate limiter holding the learner back) surface as a timed-out :meth:`next` returning None, so the learner
+    loop still notices a stop request. A sampler thread left blocked by :meth:`close` ends with its server.
     """
 
     def __init__(self, address: str, spec: TransitionSpec, batch_size: int, device: torch.device | str = "cpu",
@@ -201,19 +209,17 @@ class BatchSource:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
-                dataset = make_dataset(self._address, self._batch_size, self._table)
-                # The iterator ends when the rate limiter blocks past its timeout; loop to check for a stop.
-                for sample in dataset.as_numpy_iterator():
-                    batch = split_sample(self._spec, sample.data).to(self._to_torch)
-                    while not self._stop.is_set():
-                        try:
-                            self._queue.put(batch, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if self._stop.is_set():
-                        return
+            dataset = make_dataset(self._address, self._batch_size, self._table, rate_limiter_timeout_ms=-1)
+            for sample in dataset.as_numpy_iterator():
+                batch = split_sample(self._spec, sample.data).to(self._to_torch)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             self._error = exc
 
@@ -226,9 +232,10 @@ class BatchSource:
         except queue.Empty:
             return None
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the sampler; waits at most ``timeout_s`` for it (it may be blocked in Reverb, see the class)."""
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=timeout_s)
 
 
 def limit_tf_threads(n: int) -> None:

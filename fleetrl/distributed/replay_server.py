@@ -12,9 +12,11 @@ from fleetrl.config import ReplayConfig
 from fleetrl.types import TransitionSpec
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_concurrency=4)
 class ReplayServer:
-    """Runs a ``reverb.Server`` with table ``online``; restores the newest checkpoint in ``checkpoint_dir``."""
+    """Runs a ``reverb.Server`` with table ``online``; restores the newest checkpoint in ``checkpoint_dir``.
+
+    Threaded (Reverb's client is thread-safe), so ``stats`` answers while a long ``checkpoint`` runs."""
 
     def __init__(self, spec: TransitionSpec, cfg: ReplayConfig, batch_size: int, checkpoint_dir: str):
         import reverb

@@ -24,7 +24,8 @@ class SimActor:
     """
 
     def __init__(self, actor_id: int, cfg: TrainConfig, spec: TransitionSpec, replay_address: str,
-                 weight_store: Any, policy_factory: Callable[[], Policy], generation: int = 0):
+                 weight_store: Any, policy_factory: Callable[[int], Policy], generation: int = 0,
+                 resumed: bool = False):
         import reverb
         import torch
 
@@ -40,11 +41,13 @@ class SimActor:
         got = TransitionSpec.from_spaces(env.observation_space, env.action_space)
         if got != spec:
             raise ValueError(f"actor {actor_id}: env {cfg.env.id} has transition spec {got}, the run expects {spec}")
+        seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation
         self._writer = EpisodeWriter(reverb.Client(replay_address), spec)
-        self._weights = WeightSubscriber(weight_store, policy_factory(), cfg.actors.weight_poll_timeout_s)
+        self._weights = WeightSubscriber(weight_store, policy_factory(seed), cfg.actors.weight_poll_timeout_s)
+        # A resumed run already has a trained policy: no random warm-up again.
         self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
-                             gamma=cfg.learner.sac.gamma, seed=cfg.actors.seed + 1000 * actor_id,
-                             random_steps=cfg.actors.random_steps, generation=generation,
+                             gamma=cfg.learner.sac.gamma, seed=seed,
+                             random_steps=0 if resumed else cfg.actors.random_steps, generation=generation,
                              max_steps_per_s=cfg.actors.max_steps_per_s)
         self._stop = threading.Event()
         self._lock = threading.Lock()

@@ -38,6 +38,8 @@ class WeightStore:
             return
         ref = ray.put(weights)
         async with self._changed:
+            if version <= self._version:  # a newer one landed while this one was being put
+                return
             self._version, self._ref, self._published_at = version, ref, time.time()
             self._changed.notify_all()
 
@@ -105,12 +107,12 @@ class WeightSubscriber:
         self._thread.join(timeout=self._timeout_s + 1.0)
 
 
-def policy_factory_default(spec: Any, hidden_dims: tuple[int, ...]) -> Callable[[], Policy]:
-    """Factory for the shipped Gaussian policy (imported lazily to keep Ray workers light)."""
+def policy_factory_default(spec: Any, hidden_dims: tuple[int, ...]) -> Callable[[int], Policy]:
+    """Factory ``seed -> policy`` for the shipped Gaussian policy (imported lazily to keep Ray workers light)."""
 
-    def make() -> Policy:
+    def make(seed: int) -> Policy:
         from fleetrl.learners.policy import GaussianPolicy
 
-        return GaussianPolicy(spec, hidden_dims)
+        return GaussianPolicy(spec, hidden_dims, seed=seed)
 
     return make

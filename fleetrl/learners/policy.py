@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -46,6 +47,19 @@ class GaussianPolicy:
         self._generator = None if seed is None else torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         self._layers = self._numpy_layers()
+
+    def __deepcopy__(self, memo: dict) -> GaussianPolicy:
+        """Copies share the exploration RNG: a copy loaded with new weights continues the noise stream instead of
+        restarting it (the weight subscriber copies its template for every new version)."""
+        memo[id(self._rng)] = self._rng
+        if self._generator is not None:
+            memo[id(self._generator)] = self._generator
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, copy.deepcopy(value, memo))
+        new._layers = new._numpy_layers()
+        return new
 
     def _numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(W^T, b)`` numpy views of each Linear of the trunk (shared memory: ``load_weights`` updates them)."""

@@ -12,6 +12,7 @@ the caller logs. Pure PyTorch: no Ray, no Reverb.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from typing import Any
 
@@ -214,7 +215,13 @@ class SAC:
         self.actor_optim.load_state_dict(state["actor_optim"])
         self.critic_optim.load_state_dict(state["critic_optim"])
         self.alpha_optim.load_state_dict(state["alpha_optim"])
-        self.generator.set_state(state["generator"].cpu())
+        saved = state["generator"].cpu()
+        try:
+            self.generator.set_state(saved)
+        except RuntimeError:
+            # Saved on another device type (CPU and CUDA generator states differ): continue with a seed derived from
+            # the saved state, so a CPU run resumes on a GPU learner (bit-identity is impossible across devices).
+            self.generator.manual_seed(int(hashlib.sha256(saved.numpy().tobytes()).hexdigest()[:15], 16))
 
 
 def metrics_to_floats(metrics: dict[str, Tensor]) -> dict[str, float]:
