@@ -1,0 +1,59 @@
+"""`fleetrl train --address` joins a Ray cluster it did not start, and leaves that cluster running."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+from test_e2e import _ray_pids
+
+REPO = pathlib.Path(__file__).parents[1]
+RAY = pathlib.Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A real single-node Ray cluster started with `ray start --head`, as on a cluster's head machine."""
+    port = _free_port()
+    # A local test cluster without Ray's token authentication (a real cluster propagates its token instead).
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    before = _ray_pids()
+    subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        # Stop only the processes this fixture started (`ray stop` would end every Ray cluster on the machine).
+        procs = [psutil.Process(p) for p in _ray_pids() - before if psutil.pid_exists(p)]
+        for p in procs:
+            p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for p in alive:
+            p.kill()
+
+
+def test_train_joins_an_existing_cluster(ray_head, tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled")
+    out = subprocess.run([sys.executable, "-m", "fleetrl.cli", "train", "-c", str(REPO / "configs" / "smoke.yaml"),
+                          f"run_root={tmp_path}", "total_env_steps=600", "logging.wandb=false",
+                          "--address", ray_head], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = list(tmp_path.iterdir())
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert latest["env_steps"] >= 600 and latest["learner_steps"] > 0
+    # The cluster the run joined is still up: the driver disconnected instead of shutting it down.
+    status = subprocess.run([str(RAY), "status", f"--address={ray_head}"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert status.returncode == 0 and "CPU" in status.stdout, status.stderr[-2000:]
