@@ -42,6 +42,22 @@ def ray_head():
         _, alive = psutil.wait_procs(procs, timeout=20)
         for p in alive:
             p.kill()
+        # `ray start` records the cluster for later `ray.init()` calls; forget it as `ray stop` would.
+        current = pathlib.Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and str(port) in current.read_text():
+            current.unlink()
+
+
+def test_default_train_ignores_the_running_cluster(ray_head, tmp_path):
+    """Without --address, fleetrl starts its own embedded Ray even while another cluster runs on the machine."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled")
+    out = subprocess.run([sys.executable, "-m", "fleetrl.cli", "train", "-c", str(REPO / "configs" / "smoke.yaml"),
+                          f"run_root={tmp_path}", "total_env_steps=400", "logging.wandb=false"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    status = subprocess.run([str(RAY), "status", f"--address={ray_head}"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert status.returncode == 0, status.stderr[-2000:]  # the other cluster is untouched
 
 
 def test_train_joins_an_existing_cluster(ray_head, tmp_path):

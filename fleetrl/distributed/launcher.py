@@ -34,8 +34,10 @@ def _init_ray(cfg: TrainConfig, address: str | None) -> bool:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     else:
         # Logical CPUs are scheduling tokens: give every actor and the learner one even on a 2-core machine.
+        # address="local": always a fresh embedded instance, even if RAY_ADDRESS or a cluster started with
+        # `ray start` on this machine exists (joining one is what --address is for).
         need = cfg.actors.num_sim + 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
                  runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level=logging.WARNING)
     return True
 
