@@ -2,7 +2,7 @@
 
 An :class:`Algorithm` turns batches into metrics and knows nothing about processes. A :class:`Policy` is what ships
 to actors and robots: numpy observation in, action out, loadable from published weights. A
-:class:`VariableSource` serves versioned weights; a :class:`Saveable` round-trips its state.
+:class:`VariableSource` hands an actor the newest versioned policy; a :class:`Saveable` round-trips its state.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ class Policy(Protocol):
 
 @runtime_checkable
 class VariableSource(Protocol):
-    """Serves the newest published weights with their version."""
+    """What an actor reads its policy from: the newest ``(version, policy)``, ``(-1, None)`` before any weights.
 
-    def latest(self, known_version: int) -> tuple[int, Weights] | None:
-        """The newest ``(version, weights)`` if newer than ``known_version``, else None."""
-        ...
+    Implemented by ``distributed.weights.WeightSubscriber``; the env loop calls it every step, so it must never
+    block."""
+
+    def current(self) -> tuple[int, Policy | None]: ...

@@ -25,7 +25,7 @@ class EpisodeSink(Protocol):
 
 
 PolicyProvider = Callable[[], "tuple[int, Policy | None]"]
-"""Returns the newest ``(version, policy)``; ``(-1, None)`` before any weights arrived."""
+"""Returns the newest ``(version, policy)``; ``(-1, None)`` before any weights arrived (``VariableSource.current``)."""
 
 
 @dataclasses.dataclass

@@ -110,8 +110,10 @@ class LearnerWorker:
         return self._last_checkpoint
 
     def stats(self) -> dict[str, Any]:
+        from fleetrl.learners.sac import metrics_to_floats
+
         with self._lock:
-            metrics = {k: float(v) for k, v in self._metrics.items()}
+            metrics = metrics_to_floats(self._metrics)  # one device sync for all of them
             steps = self.learner_steps
             elapsed = max(time.monotonic() - self._started, 1e-9)
             return {"learner_steps": steps, "policy_version": self.policy_version, "metrics": metrics,
