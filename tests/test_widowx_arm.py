@@ -62,7 +62,7 @@ def test_limits_and_efforts_are_the_published_ones(model):
 def _settle(model, ctrl_gripper, seconds=1.0):
     data = mujoco.MjData(model)
     mujoco.mj_resetDataKeyframe(model, data, model.key("home").id)
-    data.ctrl[6] = ctrl_gripper
+    data.ctrl[6], data.ctrl[7] = ctrl_gripper, -ctrl_gripper
     for _ in range(int(seconds / model.opt.timestep)):
         mujoco.mj_step(model, data)
     return data
@@ -89,3 +89,14 @@ def test_wrist_camera_renders_headless(model):
         renderer.update_scene(data, camera="wrist")
         img = renderer.render()
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 1.0
+
+
+def test_no_self_contact_at_home(model):
+    """The arm's own links never touch at rest (a waist rubbing on its base would add friction to every turn)."""
+    data = mujoco.MjData(model)
+    mujoco.mj_resetDataKeyframe(model, data, model.key("home").id)
+    mujoco.mj_forward(model, data)
+    floor = model.geom("floor").id
+    pairs = [(model.geom(c.geom1).name, model.geom(c.geom2).name) for c in data.contact[: data.ncon]
+             if floor not in (c.geom1, c.geom2)]
+    assert pairs == []

@@ -1,1 +1,2 @@
-"""Simulated WidowX 250 6DOF (issue 3): the arm model now; Bridge-convention control and tasks next."""
+"""Simulated WidowX 250 6DOF (issue 3, in progress): the arm model (``arm``) and Bridge-convention Cartesian
+control (``control``). Tasks, the gymnasium env, scripted experts and datasets come next."""

@@ -3,7 +3,7 @@
 Frames start parallel to the base (x forward, y left, z up). At the zero pose the upper arm is vertical and the
 forearm horizontal, and the tool point (TCP) sits at (0.458325, 0, 0.36065) with identity orientation. Joint
 offsets, limits, efforts, masses and finger travel follow Interbotix's wx250s description (see
-``../shared/reference/widowx.md``); the gains are SimplerEnv's identified PD gains for 5 Hz control.
+``../shared/reference/widowx.md``); the servo stiffness is SimplerEnv's identified 5 Hz gain, critically damped.
 """
 
 from __future__ import annotations
@@ -79,11 +79,14 @@ def arm_bodies_xml(prefix: str = "") -> str:
     for i, j in enumerate(ARM_JOINTS):
         nxt = ARM_JOINTS[i + 1].offset if i + 1 < len(ARM_JOINTS) else (FINGER_OFFSET, 0.0, 0.0)
         parts.append(f'<body name="{prefix}{j.body}" pos="{_vec(j.offset)}">')
+        # The small wrist servos (1-5 N m) get a smaller reflected rotor inertia than the big ones: with 0.1 they
+        # could not turn 0.25 rad within one 0.2 s control step, which the real wrist does.
+        joint_class = "wrist" if j.effort <= 5.0 else "arm"
         parts.append(f'<joint name="{prefix}{j.name}" axis="{_vec(j.axis)}" range="{_vec(j.limits)}" '
-                     f'actuatorfrcrange="{-j.effort} {j.effort}" class="arm"/>')
+                     f'actuatorfrcrange="{-j.effort} {j.effort}" class="{joint_class}"/>')
         parts.append(_link_geom(j.body, nxt).replace('name="', f'name="{prefix}', 1))
         opened += 1
-    # Gripper: two fingers sliding along y, mirrored by an equality constraint; TCP site and wrist camera.
+    # Gripper: two fingers sliding along y (each with its own servo, driven mirrored); TCP site, wrist camera.
     fx = FINGER_OFFSET
     for side, sign in (("left", 1), ("right", -1)):
         lo, hi = FINGER_TRAVEL
@@ -100,20 +103,35 @@ def arm_bodies_xml(prefix: str = "") -> str:
 
 def arm_defaults_xml() -> str:
     return """
-    <default class="arm"><joint damping="0.1" frictionloss="0.1" armature="0.1"/></default>
+    <default class="arm"><joint damping="0.1" frictionloss="0.1" armature="0.1"/>
+      <default class="wrist"><joint armature="0.01"/></default></default>
     <default class="finger"><joint damping="0.1" frictionloss="0.1" armature="0.01"/>
       <geom friction="2.0 0.005 0.0001" rgba="0.2 0.2 0.2 1"/></default>
     <default class="link"><geom rgba="0.15 0.15 0.18 1" contype="1" conaffinity="1"/></default>"""
 
 
 def arm_actuators_xml(prefix: str = "") -> str:
-    """Position servos with SimplerEnv's 5 Hz PD gains, force-limited to each joint's effort; one finger servo."""
-    lines = [f'<position name="{prefix}{j.name}_servo" joint="{prefix}{j.name}" kp="{j.kp}" kv="{j.kv}" '
+    """Position servos with SimplerEnv's 5 Hz stiffness, force-limited to each joint's effort; two finger servos."""
+    # SimplerEnv's stiffness with critical damping: its identified damping values belong to ManiSkill's drive
+    # model; used as MuJoCo kv they make the servos ~15x overdamped (time constant kv/kp ~ 0.3 s, longer than a
+    # 0.2 s control step), so a commanded delta would be only half done by the next step.
+    lines = [f'<position name="{prefix}{j.name}_servo" joint="{prefix}{j.name}" kp="{j.kp}" dampratio="1" '
              f'ctrlrange="{_vec(j.limits)}"/>' for j in ARM_JOINTS]
+    # One servo per finger, driven with mirrored targets (BridgeController writes both): an equality constraint
+    # mirroring the fingers fought the joint limits here and let both fingers drift sideways together.
     lo, hi = FINGER_TRAVEL
-    lines.append(f'<position name="{prefix}gripper_servo" joint="{prefix}left_finger" kp="200" dampratio="0.95" '
-                 f'ctrlrange="{lo} {hi}" forcerange="{-FINGER_EFFORT} {FINGER_EFFORT}"/>')
+    for side, rng in (("left", f"{lo} {hi}"), ("right", f"{-hi} {-lo}")):
+        lines.append(f'<position name="{prefix}{side}_finger_servo" joint="{prefix}{side}_finger" kp="200" '
+                     f'dampratio="0.95" ctrlrange="{rng}" forcerange="{-FINGER_EFFORT} {FINGER_EFFORT}"/>')
     return "\n".join(lines)
+
+
+def arm_contact_excludes_xml(prefix: str = "") -> str:
+    """Contacts MuJoCo's parent filter misses: the base is welded to the world, so base and shoulder (whose geoms
+    touch at the waist) are not filtered, and the waist would rub on the base; the fingers never touch each other's
+    inner faces in the real gripper either."""
+    return (f'<exclude body1="{prefix}base_link" body2="{prefix}shoulder_link"/>'
+            f'<exclude body1="{prefix}left_finger_link" body2="{prefix}right_finger_link"/>')
 
 
 def arm_only_mjcf() -> str:
@@ -130,12 +148,11 @@ def arm_only_mjcf() -> str:
     <geom name="floor" type="plane" size="1 1 0.01" rgba="0.8 0.8 0.8 1"/>
     {arm_bodies_xml()}
   </worldbody>
-  <equality><joint joint1="right_finger" joint2="left_finger" polycoef="0 -1 0 0 0"/></equality>
-  <contact><exclude body1="left_finger_link" body2="right_finger_link"/></contact>
+  <contact>{arm_contact_excludes_xml()}</contact>
   <actuator>{arm_actuators_xml()}</actuator>
   <keyframe>
-    <key name="home" qpos="{_vec(HOME_POSE)} {hi} {-hi}" ctrl="{_vec(HOME_POSE)} {hi}"/>
-    <key name="zero" qpos="0 0 0 0 0 0 {hi} {-hi}" ctrl="0 0 0 0 0 0 {hi}"/>
+    <key name="home" qpos="{_vec(HOME_POSE)} {hi} {-hi}" ctrl="{_vec(HOME_POSE)} {hi} {-hi}"/>
+    <key name="zero" qpos="0 0 0 0 0 0 {hi} {-hi}" ctrl="0 0 0 0 0 0 {hi} {-hi}"/>
   </keyframe>
 </mujoco>"""
 
