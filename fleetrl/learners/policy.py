@@ -111,6 +111,5 @@ class GaussianPolicy:
         with torch.no_grad():
             for key, tensor in own.items():
                 # Published arrays may be read-only views of Ray's object store: copy through numpy.
+                # In place, so the numpy views in self._layers see the new values.
                 np.copyto(tensor.numpy(), np.asarray(weights[key]), casting="same_kind")
-        # Re-take the numpy views: a deep-copied policy's views would otherwise point at the original's arrays.
-        self._layers = self._numpy_layers()
