@@ -1,4 +1,4 @@
-"""``fleetrl`` command line: train, eval."""
+"""``fleetrl`` command line: train, eval, envs, collect, view."""
 
 from __future__ import annotations
 
@@ -67,6 +67,94 @@ def eval_(
     except CheckpointError as exc:
         _fail(str(exc))
     print(json.dumps(result))
+
+
+def _env_kwargs(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs (values are YAML) as keyword arguments for ``gymnasium.make``."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--env-kwarg {pair!r}: expected KEY=VALUE, e.g. image=true")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def envs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List fleetrl's registered envs with their spaces and time limits."""
+    from rich.table import Table
+
+    from fleetrl.envs.registry import describe_env, fleet_env_ids
+
+    rows = [describe_env(env_id) for env_id in fleet_env_ids()]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table("id", "observation space", "action space", "limit", show_lines=False)
+    table.columns[0].no_wrap = True
+    for r in rows:
+        limit = r["max_episode_steps"] or (f"horizon {r['horizon']}" if r["horizon"] else "-")
+        table.add_row(r["id"], r["observation_space"], r["action_space"], str(limit))
+    Console().print(table)
+
+
+EnvKwargs = Annotated[list[str] | None, typer.Option("--env-kwarg", help="gymnasium.make keyword KEY=VALUE "
+                                                     "(repeatable), e.g. image=true image_size=128.")]
+
+
+@app.command()
+def collect(
+    env: Annotated[str, typer.Option(help="Registered env id, e.g. fleetrl/WidowXLift-v0.")],
+    episodes: Annotated[int, typer.Option(help="Number of episodes.")],
+    out: Annotated[pathlib.Path, typer.Option(help="HDF5 file to write (docs/datasets.md).")],
+    policy: Annotated[str, typer.Option(help="scripted (WidowX tasks) or random.")] = "scripted",
+    noise: Annotated[float, typer.Option(help="Expert noise: 0 = the expert as is (see docs/envs.md).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the first episode (episode i uses seed + i).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file (only once all episodes are in).")] = False,
+    env_kwarg: EnvKwargs = None,
+) -> None:
+    """Collect an episode dataset with a scripted or random policy."""
+    from fleetrl.datasets import DatasetError
+    from fleetrl.envs.rollout import RolloutError
+    from fleetrl.envs.rollout import collect as run_collect
+
+    def progress(i: int, episode) -> None:
+        console.print(f"episode {i + 1}/{episodes}: {episode.length} steps, success {episode.is_success}",
+                      highlight=False)
+
+    try:
+        summary = run_collect(env, episodes, out, policy=policy, noise=noise, seed=seed, overwrite=overwrite,
+                              progress=progress, **_env_kwargs(env_kwarg))
+    except (RolloutError, DatasetError) as exc:
+        _fail(str(exc))
+    print(json.dumps(summary))
+    if summary["interrupted"]:
+        raise typer.Exit(code=130)
+
+
+@app.command()
+def view(
+    env: Annotated[str, typer.Option(help="Registered env id, e.g. fleetrl/WidowXStack-v0.")],
+    out: Annotated[pathlib.Path, typer.Option(help="Video file, .mp4 or .gif.")] = pathlib.Path("episode.mp4"),
+    policy: Annotated[str, typer.Option(help="scripted (WidowX tasks) or random.")] = "scripted",
+    noise: Annotated[float, typer.Option(help="Expert noise.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
+    size: Annotated[int, typer.Option(help="Frame size in pixels (WidowX envs).")] = 256,
+    env_kwarg: EnvKwargs = None,
+) -> None:
+    """Render one episode of a policy to a video."""
+    from fleetrl.envs.rollout import RolloutError, record_video
+
+    try:
+        summary = record_video(env, out, policy=policy, noise=noise, seed=seed, size=size, **_env_kwargs(env_kwarg))
+    except RolloutError as exc:
+        _fail(str(exc))
+    print(json.dumps(summary))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

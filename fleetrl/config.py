@@ -27,9 +27,10 @@ class EnvConfig:
     """Which environment every sim actor runs."""
 
     id: str = "InvertedPendulum-v5"
-    """Gymnasium id (any registered env with a Box action space)."""
-    max_episode_steps: int = Field(200, ge=1)
-    """Time limit; reaching it is a truncation, never a termination."""
+    """Gymnasium id (any registered env with a Box action space; ``fleetrl envs`` lists fleetrl's own)."""
+    max_episode_steps: int | None = Field(200, ge=1)
+    """Time limit; reaching it is a truncation, never a termination. ``null``: the env's own limit (the WidowX
+    tasks' Bridge-like lengths; robosuite envs truncate at their ``horizon``)."""
     success: Literal["info", "survive"] = "survive"
     """How an episode's success is read: ``info`` = ``info["success"]`` (or ``is_success``) at the last step;
     ``survive`` = the episode reached the time limit without terminating (balance tasks)."""

@@ -66,7 +66,8 @@ class FleetEnv(gym.Wrapper):
 def make_env(cfg: EnvConfig, render_mode: str | None = None) -> FleetEnv:
     """Build the configured env; an unknown id raises naming ``env.id``."""
     try:
-        env = gym.make(cfg.id, max_episode_steps=cfg.max_episode_steps, render_mode=render_mode, **cfg.kwargs)
+        limit = {} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps}
+        env = gym.make(cfg.id, render_mode=render_mode, **limit, **cfg.kwargs)
     except gym.error.Error as exc:
         raise ValueError(f"env.id: cannot make {cfg.id!r}: {exc}") from exc
     return FleetEnv(env, success=cfg.success)

@@ -1,2 +1,3 @@
-"""Simulated WidowX 250 6DOF (issue 3, in progress): the arm model (``arm``) and Bridge-convention Cartesian
-control (``control``). Tasks, the gymnasium env, scripted experts and datasets come next."""
+"""Simulated WidowX 250 6DOF tabletop suite: the arm (``arm``), Bridge-convention control (``control``), the
+scene (``scene``), the simulation wrapper (``sim``), tasks (``tasks``), the gymnasium env (``env``) and scripted
+experts (``experts``)."""

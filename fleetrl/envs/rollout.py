@@ -1,0 +1,162 @@
+"""Rolling out a policy in a registered env: episode datasets (``fleetrl collect``) and videos (``fleetrl view``).
+
+Policies by name: ``scripted`` (the task's scripted expert, WidowX tasks only; ``noise`` degrades it, see
+:mod:`fleetrl.envs.widowx.experts`) and ``random`` (uniform actions in [-1, 1]). Episode ``i`` is reset with seed
+``seed + i``, and the policy is seeded the same way, so a dataset is reproducible from its attributes.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import fleetrl.envs  # noqa: F401  (registers the ids)
+from fleetrl.datasets import DatasetError, Episode, EpisodeFileWriter
+from fleetrl.envs.widowx.env import WidowXEnv
+from fleetrl.envs.widowx.experts import ScriptedExpert
+
+POLICIES = ("scripted", "random")
+
+
+class RolloutError(ValueError):
+    """A bad ``--env`` / ``--policy`` / ``--noise`` / ``--out``: nothing was collected."""
+
+
+class _Policy:
+    """``reset(seed)`` then ``act(obs)``."""
+
+    def __init__(self, name: str, env: gym.Env, noise: float):
+        self.name, self.noise, self._space = name, noise, env.action_space
+        self._expert: ScriptedExpert | None = None
+        self._rng = np.random.default_rng()
+        if name == "scripted":
+            base = env.unwrapped
+            if not isinstance(base, WidowXEnv):
+                raise RolloutError(f"--policy scripted: no scripted expert for {env.spec.id if env.spec else base}; "
+                                   "experts exist for the WidowX tasks (fleetrl envs lists them); use --policy random")
+            self._expert = ScriptedExpert(base.task, noise=noise)
+
+    def reset(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        if self._expert is not None:
+            self._expert.reset(seed)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self._expert is not None:
+            return self._expert.act(obs)
+        return self._rng.uniform(-1.0, 1.0, self._space.shape).astype(np.float32)
+
+
+def make_rollout_env(env_id: str, policy: str, noise: float, render_mode: str | None = None,
+                     **env_kwargs: Any) -> tuple[gym.Env, _Policy]:
+    """The env and the named policy; raises :class:`RolloutError` naming the bad option."""
+    if policy not in POLICIES:
+        raise RolloutError(f"--policy: unknown policy {policy!r}; known: {list(POLICIES)}")
+    if not 0.0 <= noise <= 2.0:
+        raise RolloutError(f"--noise: must be in [0, 2], got {noise}")
+    if policy == "scripted" and env_id in gym.registry and "WidowX" in env_id:
+        env_kwargs.setdefault("privileged", True)  # the expert reads the object state
+    try:
+        env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    except gym.error.Error as exc:
+        raise RolloutError(f"--env: cannot make {env_id!r}: {exc}") from exc
+    try:
+        return env, _Policy(policy, env, noise)
+    except BaseException:
+        env.close()
+        raise
+
+
+def run_episode(env: gym.Env, policy: _Policy, seed: int, on_frame: Callable[[], None] | None = None) -> Episode:
+    """One episode, reset with ``seed``, as an :class:`Episode` (observations copied per step)."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset(seed)
+    if on_frame is not None:
+        on_frame()
+    observations = {k: [np.array(v)] for k, v in obs.items()}
+    actions, rewards, terms, truncs, successes = [], [], [], [], []
+    while True:
+        action = policy.act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if on_frame is not None:
+            on_frame()
+        for k, v in obs.items():
+            observations[k].append(np.array(v))
+        actions.append(np.asarray(action, np.float32))
+        rewards.append(reward)
+        terms.append(terminated)
+        truncs.append(truncated)
+        successes.append(bool(info.get("success", False)))
+        if terminated or truncated:
+            break
+    return Episode(observations={k: np.stack(v) for k, v in observations.items()},
+                   actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
+                   terminated=np.asarray(terms, bool), truncated=np.asarray(truncs, bool),
+                   success=np.asarray(successes, bool), attrs={"seed": int(seed)})
+
+
+def collect(env_id: str, episodes: int, out: str | os.PathLike[str], policy: str = "scripted", noise: float = 0.0,
+            seed: int = 0, overwrite: bool = False, progress: Callable[[int, Episode], None] | None = None,
+            **env_kwargs: Any) -> dict[str, Any]:
+    """Write ``episodes`` episodes to ``out`` (HDF5, see docs/datasets.md). Bad options and a bad or existing
+    ``out`` fail before the first step. Ctrl-C keeps the episodes finished so far: the file is closed with them
+    (an interrupted episode is dropped) and the summary says ``interrupted``."""
+    if episodes < 1:
+        raise RolloutError(f"--episodes: must be at least 1, got {episodes}")
+    env, pol = make_rollout_env(env_id, policy, noise, **env_kwargs)
+    attrs = {"env_id": env_id, "policy": policy, "noise": float(noise), "seed": int(seed),
+             "env_kwargs": repr(sorted(env_kwargs.items()))}
+    done, successes, interrupted = 0, 0, False
+    try:
+        with EpisodeFileWriter(out, attrs, overwrite=overwrite) as writer:
+            for i in range(episodes):
+                try:
+                    episode = run_episode(env, pol, seed + i)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    break
+                writer.add(episode)
+                done += 1
+                successes += episode.is_success
+                if progress is not None:
+                    progress(i, episode)
+            if done == 0:
+                writer.abort()
+    finally:
+        env.close()
+    return {"out": str(pathlib.Path(out)) if done else None, "episodes": done, "success_rate": successes / max(done, 1),
+            "interrupted": interrupted}
+
+
+def record_video(env_id: str, out: str | os.PathLike[str], policy: str = "scripted", noise: float = 0.0,
+                 seed: int = 0, size: int = 256, fps: int = 5, **env_kwargs: Any) -> dict[str, Any]:
+    """Render one episode to ``out`` (.mp4 or .gif) from the env's ``render()``."""
+    path = pathlib.Path(out)
+    if path.suffix.lower() not in (".mp4", ".gif"):
+        raise RolloutError(f"--out {path}: the video must end in .mp4 or .gif")
+    if not path.parent.is_dir():
+        raise RolloutError(f"--out {path}: directory {path.parent} does not exist")
+    if "WidowX" in env_id:
+        env_kwargs.setdefault("render_size", size)
+    env, pol = make_rollout_env(env_id, policy, noise, render_mode="rgb_array", **env_kwargs)
+    frames: list[np.ndarray] = []
+    try:
+        episode = run_episode(env, pol, seed, on_frame=lambda: frames.append(np.asarray(env.render())))
+    finally:
+        env.close()
+    import imageio.v2 as imageio
+
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+    else:
+        imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    return {"out": str(path), "frames": len(frames), "steps": episode.length, "success": episode.is_success,
+            "return": episode.return_}
+
+
+__all__ = ["POLICIES", "DatasetError", "RolloutError", "collect", "make_rollout_env", "record_video", "run_episode"]
