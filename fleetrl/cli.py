@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetrl.config import ConfigError, load_config
 
@@ -21,7 +22,7 @@ OVERRIDES_HELP = "Config overrides KEY=VALUE, e.g. actors.num_sim=4 learner.batc
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

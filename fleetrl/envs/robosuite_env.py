@@ -88,6 +88,10 @@ class RobosuiteEnv(gym.Env):
             # robosuite's own time limit would end episodes as `done` (a termination); we truncate ourselves.
             horizon=self.horizon, ignore_done=True,
             hard_reset=False,  # reset in ~3 ms instead of rebuilding the sim (>1 s)
+            # The model itself is drawn from env.rng when built (Lift's cube size, for one): a fixed build seed
+            # makes every instance the same world, so two actors given one seed play the same episode. Resets
+            # reseed env.rng below.
+            seed=0,
         )
         robot = self._env.robots[0]
         self._eef_site = robot.eef_site_id["right"]

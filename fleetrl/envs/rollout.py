@@ -7,9 +7,12 @@ Policies by name: ``scripted`` (the task's scripted expert, WidowX tasks only; `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -65,6 +68,8 @@ def make_rollout_env(env_id: str, policy: str, noise: float, render_mode: str | 
         env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
     except gym.error.Error as exc:
         raise RolloutError(f"--env: cannot make {env_id!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # the env refused a keyword or its value
+        raise RolloutError(f"--env-kwarg: {env_id} with {env_kwargs}: {exc}") from exc
     try:
         return env, _Policy(policy, env, noise)
     except BaseException:
@@ -100,6 +105,39 @@ def run_episode(env: gym.Env, policy: _Policy, seed: int, on_frame: Callable[[],
                    success=np.asarray(successes, bool), attrs={"seed": int(seed)})
 
 
+class _InterruptGuard:
+    """Ctrl-C (SIGINT) interrupts an episode being stepped, but is only noted while an episode is written or
+    reported, so the file always ends on a complete episode. Only the main thread can own signal handlers;
+    elsewhere SIGINT keeps Python's default behaviour."""
+
+    def __init__(self) -> None:
+        self.requested, self._stepping, self._previous = False, False, None
+
+    def __enter__(self) -> _InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self._stepping:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def episode(self) -> Iterator[None]:
+        self._stepping = True
+        try:
+            if self.requested:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._stepping = False
+
+
 def collect(env_id: str, episodes: int, out: str | os.PathLike[str], policy: str = "scripted", noise: float = 0.0,
             seed: int = 0, overwrite: bool = False, progress: Callable[[int, Episode], None] | None = None,
             **env_kwargs: Any) -> dict[str, Any]:
@@ -111,24 +149,32 @@ def collect(env_id: str, episodes: int, out: str | os.PathLike[str], policy: str
     env, pol = make_rollout_env(env_id, policy, noise, **env_kwargs)
     attrs = {"env_id": env_id, "policy": policy, "noise": float(noise), "seed": int(seed),
              "env_kwargs": repr(sorted(env_kwargs.items()))}
-    done, successes, interrupted = 0, 0, False
+    done, successes = 0, 0
+    guard = _InterruptGuard()
     try:
-        with EpisodeFileWriter(out, attrs, overwrite=overwrite) as writer:
+        with guard, EpisodeFileWriter(out, attrs, overwrite=overwrite) as writer:
             for i in range(episodes):
                 try:
-                    episode = run_episode(env, pol, seed + i)
+                    with guard.episode():
+                        episode = run_episode(env, pol, seed + i)
                 except KeyboardInterrupt:
-                    interrupted = True
+                    guard.requested = True  # the unfinished episode is dropped
                     break
-                writer.add(episode)
+                writer.add(episode)  # a Ctrl-C here is held until the episode is written
                 done += 1
                 successes += episode.is_success
                 if progress is not None:
-                    progress(i, episode)
+                    try:
+                        progress(i, episode)
+                    except KeyboardInterrupt:
+                        guard.requested = True
+                if guard.requested:
+                    break
             if done == 0:
                 writer.abort()
     finally:
         env.close()
+    interrupted = guard.requested
     return {"out": str(pathlib.Path(out)) if done else None, "episodes": done, "success_rate": successes / max(done, 1),
             "interrupted": interrupted}
 
