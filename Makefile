@@ -24,7 +24,7 @@ test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "" $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fleetrl tests bench
+	$(VENV)/bin/ruff check fleetrl tests bench scripts
 
 bench: $(STAMP)
 	for f in bench/bench_*.py; do $(VENV)/bin/python $$f || exit 1; done

@@ -28,7 +28,8 @@ def main() -> None:
         env, policy = make_rollout_env(env_id, "scripted", 0.0, render_mode="rgb_array", render_size=args.size)
         frames: list[np.ndarray] = []
         try:
-            episode = run_episode(env, policy, args.seed, on_frame=lambda env=env: frames.append(env.render()))
+            episode = run_episode(env, policy, args.seed,
+                                  on_frame=lambda env=env, frames=frames: frames.append(env.render()))
         finally:
             env.close()
         picks = np.linspace(0, len(frames) - 1, args.frames).round().astype(int)

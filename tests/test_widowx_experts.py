@@ -20,12 +20,12 @@ def _success_rate(task: str, noise: float, seeds=SEEDS) -> tuple[float, list[int
         for seed in seeds:
             obs, _ = env.reset(seed=seed)
             expert.reset(seed)
-            for t in range(10_000):
+            steps, done = 0, False
+            while not done:
                 obs, reward, terminated, truncated, info = env.step(expert.act(obs))
-                if terminated or truncated:
-                    break
+                steps, done = steps + 1, terminated or truncated
             wins += bool(info["success"])
-            lengths.append(t + 1)
+            lengths.append(steps)
     finally:
         env.close()
     return wins / len(seeds), lengths
