@@ -2,7 +2,7 @@
 
 One process pinned to one core (the least busy one unless ``--core``), BLAS/OpenMP threads 1. For each task
 (``fleetrl/WidowX{Reach,Lift,PutOnPlate,Push,Stack}-v0``), variants interleaved repeat by repeat, each run for a
-fixed time (``--seconds``):
+fixed time (``--seconds``; the breakdown over a fixed number of steps, see below):
 
 - ``physics bound``: raw ``mujoco.mj_step(model, data, nstep=100)`` (one env step's 100 substeps of 2 ms) on the
   task's own model, from states recorded along scripted-expert episodes (the arm servoing to the expert's targets,
@@ -14,12 +14,19 @@ fixed time (``--seconds``):
 - ``state, random``: the same with uniform random actions (pre-drawn), so episodes run to the time limit.
 - ``image 128, expert``: ``gym.make(id, image=True, image_size=128)`` (offscreen rendering per ``MUJOCO_GL``),
   expert-driven as above.
-- ``breakdown``: two more state-only envs in lockstep (same seeds, same expert actions, so the same states step by
-  step): one takes whole ``env.step`` / ``env.reset`` calls, the other has the pieces of ``WidowXEnv.step`` called
+- ``breakdown``: two more state-only envs in lockstep (same seeds, same actions, so the same states step by step),
+  for expert and random actions, over exactly the steps the ``state, ...`` window of the same repeat took (same
+  seed, same step count, so the same episodes): one takes whole ``env.step`` / ``env.reset`` calls (the
+  "lockstep" total; it should match the loop's own rate), the other has the pieces of ``WidowXEnv.step`` called
   directly, each timed with ``time.perf_counter``: control (``sim.controller.apply``: the target pose update and
   the damped least squares IK, ``BridgeController.solve_ik``), physics (``mj_step``, 100 substeps), task
   (``task.success``, the sparse reward), observation (``env._obs()``), reset (amortised per step). "other" = the
-  whole step minus these pieces: gymnasium's wrappers, the action check, the info dict.
+  whole step minus these pieces: gymnasium's wrappers, the action check, the info dict. The IK's cost per
+  iteration is timed on its own (a target out of reach runs all iterations), giving the mean iterations per step.
+
+Within one repeat every env variant starts its window with ``env.reset(seed=s)`` and its actions restarted from
+``s`` (untimed), so all of them run through the same episodes (a slower variant covers a shorter prefix); repeats
+use different seeds. Each measurement also records the share of its wall time the process was on its CPU.
 """
 
 from __future__ import annotations
@@ -76,48 +83,69 @@ def core_busy(seconds: float = 1.0) -> dict[int, float]:
 
 
 # --- the measured loops -----------------------------------------------------------------------------------------
-class EnvRunner:
-    """``env.step`` in a loop for a fixed time, resetting finished episodes inside the loop."""
+class Actions:
+    """The scripted expert or pre-drawn uniform random actions; restarted from a seed at each window."""
 
-    def __init__(self, env: gym.Env, task: str, seed: int, actions: str):
-        self.env, self.actions = env, actions
-        self.expert = ScriptedExpert(task, noise=EXPERT_NOISE, seed=seed)
-        self.random = np.random.default_rng(seed).uniform(-1.0, 1.0, (4096, 7)).astype(np.float32)
-        self.obs, _ = env.reset(seed=seed)
+    def __init__(self, task: str, kind: str):
+        self.kind = kind
+        self.expert = ScriptedExpert(task, noise=EXPERT_NOISE, seed=0)
+        self.random = np.zeros((4096, 7), np.float32)
+        self.i = 0
+
+    def restart(self, seed: int) -> None:
+        self.expert.reset(seed=seed)
+        self.random = np.random.default_rng(seed).uniform(-1.0, 1.0, self.random.shape).astype(np.float32)
+        self.i = 0
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.kind == "expert":
+            return self.expert.act(obs)
+        self.i += 1
+        return self.random[(self.i - 1) % len(self.random)]
+
+    def episode_end(self) -> None:
         self.expert.reset()
-        self.steps = self.episodes = self.successes = self.finished_steps = 0
-        self.expert_s = 0.0
-        self._ep_start = 0
 
-    def run(self, seconds: float) -> float:
+
+class EnvRunner:
+    """``env.step`` in a loop for a fixed time, resetting finished episodes inside the loop (as an actor does).
+
+    Each window starts with ``env.reset(seed=seed)`` and the action source restarted from ``seed`` (untimed), so
+    every variant of one repeat runs through the same episodes."""
+
+    def __init__(self, env: gym.Env, task: str, actions: str):
+        self.env, self.act = env, Actions(task, actions)
+        self.steps = self.episodes = self.successes = self.finished_steps = self.last_steps = 0
+        self.act_s = 0.0
+
+    def run(self, seconds: float, seed: int) -> float:
         """Env steps per second of env time (the expert's ``act`` time left out)."""
-        env, expert, obs, rand = self.env, self.expert, self.obs, self.random
-        use_expert = self.actions == "expert"
-        n, act_s = 0, 0.0
-        t0 = time.perf_counter()
+        env, act, pc = self.env, self.act, time.perf_counter
+        obs, _ = env.reset(seed=seed)
+        act.restart(seed)
+        n = ep_start = 0
+        act_s = 0.0
+        t0 = pc()
         deadline = t0 + seconds
         while True:
-            if use_expert:
-                a0 = time.perf_counter()
-                action = expert.act(obs)
-                act_s += time.perf_counter() - a0
-            else:
-                action = rand[(self.steps + n) % len(rand)]
+            a0 = pc()
+            action = act(obs)
+            act_s += pc() - a0
             obs, _, terminated, truncated, info = env.step(action)
             n += 1
             if terminated or truncated:
                 self.episodes += 1
-                self.finished_steps += self.steps + n - self._ep_start
-                self._ep_start = self.steps + n
+                self.finished_steps += n - ep_start
+                ep_start = n
                 self.successes += bool(info["success"])
                 obs, _ = env.reset()
-                expert.reset()
-            now = time.perf_counter()
+                act.episode_end()
+            now = pc()
             if now >= deadline:
                 break
-        self.obs = obs
         self.steps += n
-        self.expert_s += act_s
+        self.last_steps = n
+        self.act_s += act_s
         return n / (now - t0 - act_s)
 
 
@@ -127,30 +155,26 @@ class PartsRunner:
     timed. The difference per step is the glue (wrappers, action check, info dict). ``parts`` also records the
     physics states the bound replays."""
 
-    def __init__(self, full: gym.Env, parts: gym.Env, task: str, seed: int, actions: str):
-        self.full, self.parts, self.u, self.actions = full, parts, parts.unwrapped, actions
-        self.expert = ScriptedExpert(task, noise=EXPERT_NOISE, seed=seed)
-        self.random = np.random.default_rng(seed).uniform(-1.0, 1.0, (4096, 7)).astype(np.float32)
-        self.steps = 0
-        self.obs, _ = full.reset(seed=seed)
-        parts.reset(seed=seed)
-        self.expert.reset()
+    def __init__(self, full: gym.Env, parts: gym.Env, task: str, actions: str):
+        self.full, self.parts, self.u, self.act = full, parts, parts.unwrapped, Actions(task, actions)
         self.states: list[np.ndarray] = []
         self.recording = False
         self.diverged_steps = 0
 
-    def run(self, seconds: float) -> dict[str, float]:
-        """Microseconds per step of the full step (reset amortised) and of each piece; the steps taken."""
-        full, parts, u, expert, obs = self.full, self.parts, self.u, self.expert, self.obs
+    def run(self, steps: int, seed: int) -> dict[str, float]:
+        """Microseconds per step of the full step (reset amortised) and of each piece, over ``steps`` steps from
+        ``seed`` (the same steps as an :class:`EnvRunner` window with that seed and as many steps)."""
+        full, parts, u, act = self.full, self.parts, self.u, self.act
         sim, task = u.sim, u.task
         model, data, controller = sim.model, sim.data, sim.controller
         pc = time.perf_counter
+        obs, _ = full.reset(seed=seed)
+        parts.reset(seed=seed)
+        act.restart(seed)
         acc = dict.fromkeys(("full_step", *PIECES), 0.0)
         n = 0
-        use_expert, rand = self.actions == "expert", self.random
-        deadline = pc() + seconds
-        while pc() < deadline:
-            action = expert.act(obs) if use_expert else rand[(self.steps + n) % len(rand)]
+        while n < steps:
+            action = act(obs)
             f0 = pc()
             obs, _, terminated, truncated, _ = full.step(action)
             acc["full_step"] += pc() - f0
@@ -184,9 +208,7 @@ class PartsRunner:
                 r0 = pc()
                 parts.reset()
                 acc["reset"] += pc() - r0
-                expert.reset()
-        self.obs = obs
-        self.steps += n
+                act.episode_end()
         out = {k: 1e6 * v / max(n, 1) for k, v in acc.items()}
         out["other"] = out["full_step"] - sum(out[k] for k in PIECES)
         out["steps"] = n
@@ -219,7 +241,7 @@ def gl_renderer() -> str | None:
         return None
 
 
-def ik_us_per_iteration(controller: BridgeController, q0: np.ndarray, calls: int = 100) -> float:
+def ik_us_per_iteration(controller: BridgeController, q0: np.ndarray, calls: int = 30) -> float:
     """Microseconds per iteration of ``solve_ik``: timed on a target out of reach, so every call runs all its
     iterations (``ik_iters``, 50 by default) without converging."""
     iters = getattr(controller, "_iters", 50)
@@ -239,27 +261,31 @@ def with_cpu_share(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 
 # --- one task ---------------------------------------------------------------------------------------------------
 def bench_task(task: str, seed: int, seconds: float, repeats: int) -> dict[str, Any]:
+    """All variants of one task; repeat ``k`` runs every variant from seed ``seed + 1000 * (k + 1)``."""
     env_id = WIDOWX_IDS[task]
     envs = {name: gym.make(env_id) for name in ("expert", "random", "full e", "parts e", "full r", "parts r")}
     envs["image"] = gym.make(env_id, image=True, image_size=IMAGE_SIZE)
     try:
         runners = {
-            "state, expert": EnvRunner(envs["expert"], task, seed, "expert"),
-            "state, random": EnvRunner(envs["random"], task, seed, "random"),
-            "image 128, expert": EnvRunner(envs["image"], task, seed, "expert"),
+            "state, expert": EnvRunner(envs["expert"], task, "expert"),
+            "state, random": EnvRunner(envs["random"], task, "random"),
+            "image 128, expert": EnvRunner(envs["image"], task, "expert"),
         }
-        splits = {"expert": PartsRunner(envs["full e"], envs["parts e"], task, seed, "expert"),
-                  "random": PartsRunner(envs["full r"], envs["parts r"], task, seed, "random")}
+        splits = {"expert": PartsRunner(envs["full e"], envs["parts e"], task, "expert"),
+                  "random": PartsRunner(envs["full r"], envs["parts r"], task, "random")}
         sim = envs["parts e"].unwrapped.sim
         model = sim.model
         # Warm-up (first calls, the renderer's context); the expert breakdown records the states the bound replays.
         splits["expert"].recording = True
-        splits["expert"].run(max(seconds, 1.0))
+        splits["expert"].run(max(100, int(100 * seconds)), seed)
         splits["expert"].recording = False
         states = splits["expert"].states
-        splits["random"].run(min(seconds, 1.0))
+        splits["random"].run(100, seed)
         for r in runners.values():
-            r.run(min(seconds, 1.0))
+            r.run(min(seconds, 1.0), seed)
+        for r in runners.values():  # episode statistics of the timed windows only
+            r.steps = r.episodes = r.successes = r.finished_steps = 0
+            r.act_s = 0.0
         physics_rate(model, states, min(seconds, 0.5))
         gl = gl_renderer()
 
@@ -267,22 +293,25 @@ def bench_task(task: str, seed: int, seconds: float, repeats: int) -> dict[str, 
         shares: dict[str, list[float]] = {**{name: [] for name in values}, **{f"breakdown {k}": [] for k in splits}}
         pieces: dict[str, list[dict[str, float]]] = {k: [] for k in splits}
         ik_iter_us: list[float] = []
-        for _ in range(repeats):
+        for k in range(repeats):
+            window_seed = seed + 1000 * (k + 1)
             rate, share = with_cpu_share(physics_rate, model, states, seconds)
             values["physics bound"].append(rate)
             shares["physics bound"].append(share)
             for name, r in runners.items():
-                rate, share = with_cpu_share(r.run, seconds)
+                rate, share = with_cpu_share(r.run, seconds, window_seed)
                 values[name].append(rate)
                 shares[name].append(share)
-            for k, split in splits.items():
-                out, share = with_cpu_share(split.run, seconds)
-                pieces[k].append(out)
-                shares[f"breakdown {k}"].append(share)
+            for actions, split in splits.items():  # the same steps as this repeat's state-only window
+                steps = runners[f"state, {actions}"].last_steps
+                out, share = with_cpu_share(split.run, steps, window_seed)
+                pieces[actions].append(out)
+                shares[f"breakdown {actions}"].append(share)
             ik_iter_us.append(ik_us_per_iteration(sim.controller, sim.joints().astype(np.float64)))
-        runs = {name: {"episodes": r.episodes, "steps": r.steps, "success_rate": r.successes / max(r.episodes, 1),
+        runs = {name: {"episodes_finished": r.episodes, "steps": r.steps,
+                       "success_rate": r.successes / max(r.episodes, 1),
                        "mean_episode_length": r.finished_steps / max(r.episodes, 1),
-                       "expert_act_us_per_step": 1e6 * r.expert_s / max(r.steps, 1) if r.actions == "expert" else 0}
+                       "action_us_per_step": 1e6 * r.act_s / max(r.steps, 1)}
                 for name, r in runners.items()}
         return {"env_id": env_id, "values": values, "cpu_share": shares, "pieces": pieces, "runs": runs,
                 "ik_us_per_iteration": ik_iter_us, "recorded_states": len(states),
@@ -333,7 +362,8 @@ def analyse(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 # --- main -------------------------------------------------------------------------------------------------------
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (0.4 s each); finishes in about a minute")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (0.4 s each); all five tasks in under 2 minutes")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (>= 3; default 3)")
     parser.add_argument("--seconds", type=float, default=None, help="duration of each measurement (default 3)")
     parser.add_argument("--tasks", default=",".join(WIDOWX_IDS),
@@ -376,7 +406,7 @@ def main() -> None:
     ratios: dict[str, Any] = {}
     for i, task in enumerate(args.tasks):
         t0 = time.perf_counter()
-        raw = bench_task(task, seed=100 + i, seconds=args.seconds, repeats=args.repeats)
+        raw = bench_task(task, seed=100 * (i + 1), seconds=args.seconds, repeats=args.repeats)
         results[task], ratios[task] = analyse(raw)
         print(f"  {task}: done in {time.perf_counter() - t0:.0f} s (load average {loadavg()})", flush=True)
 

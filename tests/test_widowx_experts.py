@@ -41,7 +41,8 @@ def test_expert_succeeds_at_noise_zero(task):
 
 @pytest.mark.parametrize("task", sorted(WIDOWX_IDS))
 def test_mixed_noise_gives_a_mixed_quality_dataset(task):
-    rate, _ = _success_rate(task, MIXED_NOISE[task])
+    # 40 episodes: success falls steeply with noise near these levels, and 20 left the estimate +-11 %.
+    rate, _ = _success_rate(task, MIXED_NOISE[task], range(40))
     assert 0.3 <= rate <= 0.6, f"{task}: success {rate:.0%} at noise {MIXED_NOISE[task]}"
 
 

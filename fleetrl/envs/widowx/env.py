@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Any
 
 import gymnasium as gym
@@ -26,6 +28,27 @@ from fleetrl.envs.widowx.tasks import TASKS, Task
 #: Bounds of the 7-D state: a box around the workspace, rpy ranges, gripper opening.
 STATE_LOW = np.array([-1.0, -1.0, -1.0, -np.pi, -np.pi / 2, -np.pi, 0.0], np.float32)
 STATE_HIGH = np.array([1.0, 1.0, 1.0, np.pi, np.pi / 2, np.pi, 1.0], np.float32)
+
+
+#: Envs with open renderers. GL contexts must be released before MuJoCo's own exit hook terminates the EGL
+#: display, or the renderers' finalizers print EGL errors at exit when a program forgot ``env.close()``.
+_OPEN_RENDERERS: weakref.WeakSet = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_renderers() -> None:
+    for env in list(_OPEN_RENDERERS):
+        env.close()
+
+
+def _track_renderer(env: WidowXEnv) -> None:
+    global _exit_hook_registered
+    _OPEN_RENDERERS.add(env)
+    if not _exit_hook_registered:
+        # Registered after the first renderer exists, i.e. after mujoco.egl registered its hook: atexit runs
+        # hooks last-in first-out, so ours closes the contexts before the display goes.
+        atexit.register(_close_renderers)
+        _exit_hook_registered = True
 
 
 class WidowXEnv(gym.Env):
@@ -120,6 +143,7 @@ class WidowXEnv(gym.Env):
         renderer = self._renderers.get(size)
         if renderer is None:
             renderer = self._renderers[size] = mujoco.Renderer(self.sim.model, size, size)
+            _track_renderer(self)
             renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         renderer.update_scene(self.sim.data, camera=camera, scene_option=self._scene_option)
         return renderer.render().copy()

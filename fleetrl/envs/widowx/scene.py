@@ -98,12 +98,13 @@ def _marker_xml(marker: MarkerSpec) -> str:
 
 def tabletop_mjcf(objects: tuple[ObjectSpec, ...] = (), markers: tuple[MarkerSpec, ...] = (),
                   max_image_size: int = 640) -> str:
-    """MJCF of the arm on its riser at a table with the given objects and markers; shadows off."""
+    """MJCF of the arm on its riser at a table with the given objects and markers; shadows off, and no
+    multisampling: on a CPU renderer (Mesa llvmpipe) 4x MSAA doubled the time of a 128x128 frame (17 -> 8 ms)."""
     offscreen = max(640, int(max_image_size))
     return f"""<mujoco model="wx250s_tabletop">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="10"/>
-  <visual><global offwidth="{offscreen}" offheight="{offscreen}"/><quality shadowsize="0"/>
+  <visual><global offwidth="{offscreen}" offheight="{offscreen}"/><quality shadowsize="0" offsamples="0"/>
     <headlight ambient="0.45 0.45 0.45" diffuse="0.4 0.4 0.4"/></visual>
   <default>{arm_defaults_xml()}
   </default>
