@@ -72,6 +72,7 @@ class BridgeController:
         self.gripper = 1.0
         self.q_target = np.zeros(len(ARM_JOINTS))
         self._jacp, self._jacr = np.zeros((3, model.nv)), np.zeros((3, model.nv))
+        self.last_iterations = 0
 
     def reset(self, data: mujoco.MjData) -> None:
         """Take the current TCP pose as the target (call after placing the arm)."""
@@ -108,7 +109,9 @@ class BridgeController:
         jacp, jacr = self._jacp, self._jacr
         err = np.empty(6)
         best, best_q = np.inf, q
+        self.last_iterations = 0  # kinematics evaluations of the last solve (benchmarks read it)
         for _ in range(self._iters):
+            self.last_iterations += 1
             d.qpos[self._qadr] = q
             mujoco.mj_kinematics(m, d)
             mujoco.mj_comPos(m, d)
