@@ -12,9 +12,10 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from fleetrl.envs.robosuite_env import ROBOSUITE_TASKS, RobosuiteEnv, register_robosuite_envs  # noqa: E402
+# robosuite is a dependency of fleetrl: if it is missing the tests must fail, not skip.
+import robosuite  # noqa: E402, F401
 
-pytest.importorskip("robosuite")
+from fleetrl.envs.robosuite_env import ROBOSUITE_TASKS, RobosuiteEnv, register_robosuite_envs  # noqa: E402
 
 
 def _act(**dims: float) -> np.ndarray:
@@ -229,3 +230,17 @@ def test_gym_make_registered_ids() -> None:
         assert truncs == [False, False, True]
     finally:
         env.close()
+
+
+def test_same_keywords_as_the_widowx_env():
+    """``image`` and ``reward_type`` mean what they mean for WidowXEnv, so env.kwargs carry over."""
+    env = RobosuiteEnv("Lift", image=True, reward_type="dense", horizon=5)
+    try:
+        assert env.observation_space["image"].shape == (128, 128, 3)
+        obs, _ = env.reset(seed=0)
+        _, reward, *_ = env.step(np.zeros(7, np.float32))
+        assert 0.0 < reward < 1.0  # robosuite's shaped reward: reaching term only, the cube not yet lifted
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="reward_type"):
+        RobosuiteEnv("Lift", reward_type="shaped")

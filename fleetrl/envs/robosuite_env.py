@@ -14,8 +14,9 @@ One policy and learner serve these and the simulated WidowX envs, so the spaces 
   axis-aligned with it in these tasks, so action axes are state axes), roll, pitch, yaw with
   ``R = Rz(yaw) Ry(pitch) Rx(roll)`` of the eef orientation relative to gripper-down (:data:`R_DOWN`, as on the
   WidowX: all zero = pointing down), gripper opening in [0, 1] (1 = open); ``joints`` (7,) arm joint positions;
-  ``object`` robosuite's privileged ``object-state`` (if ``privileged``); ``image`` uint8 agentview (if
-  ``image_size``).
+  ``object`` robosuite's privileged ``object-state`` (if ``privileged``); ``image`` uint8 agentview (if ``image``,
+  128 px, or ``image_size``).
+- Reward: robosuite's sparse reward, or its shaped one with ``reward_type="dense"``.
 - ``info["success"]`` on every step; the horizon truncates (never terminates); success terminates if asked.
 """
 
@@ -60,8 +61,15 @@ class RobosuiteEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, task: str, horizon: int | None = None, image_size: int | None = None, privileged: bool = True,
-                 reward_shaping: bool = False, terminate_on_success: bool = True, render_mode: str | None = None):
+    def __init__(self, task: str, horizon: int | None = None, image: bool = False, image_size: int | None = None,
+                 privileged: bool = True, reward_type: str = "sparse", terminate_on_success: bool = True,
+                 render_mode: str | None = None):
+        # The same keywords as WidowXEnv (image, image_size, reward_type), so env.kwargs carry over between them.
+        # An image_size alone also turns the camera on.
+        if image and image_size is None:
+            image_size = 128
+        if reward_type not in ("sparse", "dense"):
+            raise ValueError(f"reward_type: must be 'sparse' or 'dense', got {reward_type!r}")
         if task not in ROBOSUITE_TASKS:
             raise ValueError(f"unknown robosuite task {task!r}; known tasks: {', '.join(ROBOSUITE_TASKS)}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -84,7 +92,7 @@ class RobosuiteEnv(gym.Env):
             # The GL context costs memory and start-up time; only create it when a frame can be asked for.
             has_offscreen_renderer=image_size is not None or render_mode == "rgb_array",
             use_camera_obs=False,  # frames come from sim.render below, at our sizes, only when needed
-            use_object_obs=privileged, reward_shaping=reward_shaping,
+            use_object_obs=privileged, reward_shaping=reward_type == "dense",
             # robosuite's own time limit would end episodes as `done` (a termination); we truncate ourselves.
             horizon=self.horizon, ignore_done=True,
             hard_reset=False,  # reset in ~3 ms instead of rebuilding the sim (>1 s)
