@@ -27,6 +27,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from fleetrl.envs.widowx.control import mat_to_euler  # the same extrinsic rpy convention
+
 ROBOSUITE_TASKS: dict[str, dict[str, Any]] = {
     # Horizons: robosuite's own default (1000) and its benchmark (500) are far longer than the tasks need; robomimic
     # evaluates Lift/Can with 400-step rollouts, its human demos average ~50 (Lift) and ~120 (Can) steps. A few times
@@ -46,14 +48,6 @@ RENDER_SIZE = 256
 #: The Panda grip site's orientation when pointing straight down at its home yaw (site x along world y, z down).
 #: Measuring the eef orientation relative to it keeps roll/pitch/yaw near 0 at home instead of roll at the ±pi wrap.
 R_DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
-
-
-def mat_to_rpy(rot: np.ndarray) -> np.ndarray:
-    """Extrinsic roll, pitch, yaw about x, y, z of a rotation matrix ``R = Rz(yaw) Ry(pitch) Rx(roll)``."""
-    pitch = -np.arcsin(np.clip(rot[2, 0], -1.0, 1.0))
-    roll = np.arctan2(rot[2, 1], rot[2, 2])
-    yaw = np.arctan2(rot[1, 0], rot[0, 0])
-    return np.array([roll, pitch, yaw])
 
 
 class RobosuiteEnv(gym.Env):
@@ -175,7 +169,7 @@ class RobosuiteEnv(gym.Env):
         rot = data.site_xmat[self._eef_site].reshape(3, 3) @ R_DOWN.T
         opening = np.abs(data.qpos[self._finger_qpos] - self._finger_closed) / self._finger_travel
         grip = float(np.clip(opening.mean(), 0.0, 1.0))
-        return np.concatenate([data.site_xpos[self._eef_site], mat_to_rpy(rot), [grip]]).astype(np.float32)
+        return np.concatenate([data.site_xpos[self._eef_site], mat_to_euler(rot), [grip]]).astype(np.float32)
 
     def _obs(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # np.array/astype copy, so no returned array aliases robosuite's observable or sim buffers.

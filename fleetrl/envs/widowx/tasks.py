@@ -74,6 +74,14 @@ class Task:
         lift = 0.25 * float(np.clip((sim.bottom_z(obj) - TABLE_Z) / 0.05, 0.0, 1.0)) if grasp else 0.0
         return reach + grasp + lift
 
+    def _place_shaping(self, sim: TabletopSim, obj: str, target: str) -> float:
+        """Pick shaping until the object is held (< 0.75), then 0.75 + 0.2 x closeness of object to target (xy)."""
+        pick = self._pick_shaping(sim, obj)
+        if pick < 0.5:  # not grasped yet
+            return pick
+        xy = float(np.linalg.norm(sim.obj_pos(obj)[:2] - sim.obj_pos(target)[:2]))
+        return 0.75 + 0.2 * _closeness(xy)
+
     def _placed_on(self, sim: TabletopSim, obj: str, target: str, target_half_xy: float, target_top: float) -> bool:
         xy = float(np.linalg.norm(sim.obj_pos(obj)[:2] - sim.obj_pos(target)[:2]))
         gap = sim.bottom_z(obj) - target_top
@@ -132,13 +140,7 @@ class PutOnPlate(Task):
         return self._placed_on(sim, "block", "plate", 0.06, sim.top_z("plate"))
 
     def shaped_reward(self, sim: TabletopSim) -> float:
-        if self.success(sim):
-            return 1.0
-        pick = self._pick_shaping(sim, "block")
-        if pick < 0.5:  # not grasped yet
-            return pick
-        xy = float(np.linalg.norm(sim.obj_pos("block")[:2] - sim.obj_pos("plate")[:2]))
-        return 0.75 + 0.2 * _closeness(xy)
+        return 1.0 if self.success(sim) else self._place_shaping(sim, "block", "plate")
 
 
 class Push(Task):
@@ -188,13 +190,7 @@ class Stack(Task):
         return self._placed_on(sim, "green", "yellow", 0.025, sim.top_z("yellow"))
 
     def shaped_reward(self, sim: TabletopSim) -> float:
-        if self.success(sim):
-            return 1.0
-        pick = self._pick_shaping(sim, "green")
-        if pick < 0.5:
-            return pick
-        xy = float(np.linalg.norm(sim.obj_pos("green")[:2] - sim.obj_pos("yellow")[:2]))
-        return 0.75 + 0.2 * _closeness(xy)
+        return 1.0 if self.success(sim) else self._place_shaping(sim, "green", "yellow")
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Reach, Lift, PutOnPlate, Push, Stack)}
