@@ -151,3 +151,27 @@ def discounted_returns(rewards: np.ndarray, terminated_last: bool, gamma: float)
         running = float(rewards[t]) + gamma * running
         out[t] = running
     return out
+
+
+def monte_carlo_returns(rewards: np.ndarray, terminated_last: bool, gamma: float, reward_scale: float = 1.0,
+                        reward_bias: float = 0.0, sparse_negative: float | None = None) -> np.ndarray:
+    """Cal-QL's Monte-Carlo return-to-go of one finished episode, on the transformed rewards ``r * scale + bias``.
+
+    - Sparse failure (``sparse_negative`` set and every transformed reward equals it): the episode never reached
+      the goal, so it is treated as failing forever, ``G_t = r_neg / (1 - gamma)`` for every t (Cal-QL's rule).
+    - Otherwise ``G_t = r_t + gamma * G_{t+1}``. Beyond a terminated episode's end G is 0 (an absorbing state).
+      Beyond a time-limit truncation the episode would have gone on, so it is not 0 in general: with
+      ``sparse_negative`` set the tail is ``r_neg / (1 - gamma)`` (the worst the task pays, so G stays a lower bound
+      of the value, which is what the Cal-QL floor needs); without it the tail is 0, a lower bound only for
+      non-negative rewards.
+    """
+    r = np.asarray(rewards, np.float64) * reward_scale + reward_bias
+    if sparse_negative is not None and np.all(r == sparse_negative):
+        return np.full(len(r), sparse_negative / (1.0 - gamma), np.float32)
+    running = 0.0 if terminated_last or sparse_negative is None else sparse_negative / (1.0 - gamma)
+    out = np.zeros(len(r), np.float32)
+    for t in range(len(r) - 1, -1, -1):
+        running = r[t] + gamma * running
+        out[t] = running
+    return out
+
