@@ -73,3 +73,22 @@ def test_shipped_configs_load():
     assert files, "configs/ has no YAML files"
     for f in files:
         load_config(f)
+
+
+def test_null_time_limit_keeps_the_envs_own():
+    """``env.max_episode_steps: null`` leaves the registered limit (a WidowX task's Bridge-like length)."""
+    import fleetrl.envs  # noqa: F401
+    from fleetrl.envs.gym_adapter import make_env
+
+    cfg = load_config(None, ["env.id=fleetrl/WidowXLift-v0", "env.success=info", "env.max_episode_steps=null"])
+    assert cfg.env.max_episode_steps is None
+    env = make_env(cfg.env)
+    try:
+        assert env.spec.max_episode_steps == 80
+    finally:
+        env.close()
+    env = make_env(load_config(None, ["env.id=fleetrl/WidowXLift-v0", "env.max_episode_steps=7"]).env)
+    try:
+        assert env.spec.max_episode_steps == 7
+    finally:
+        env.close()
