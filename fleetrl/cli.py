@@ -71,16 +71,13 @@ def eval_(
 
 
 def _env_kwargs(pairs: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs (values are YAML) as keyword arguments for ``gymnasium.make``."""
-    import yaml
+    """``KEY=VALUE`` pairs (values are YAML, parsed as config overrides are) as ``gymnasium.make`` keywords."""
+    from fleetrl.config import apply_overrides
 
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            _fail(f"--env-kwarg {pair!r}: expected KEY=VALUE, e.g. image=true")
-        out[key] = yaml.safe_load(value)
-    return out
+    try:
+        return apply_overrides({}, list(pairs or []))
+    except ConfigError as exc:
+        _fail(f"--env-kwarg: {exc}")
 
 
 @app.command()

@@ -244,3 +244,13 @@ def test_same_keywords_as_the_widowx_env():
         env.close()
     with pytest.raises(ValueError, match="reward_type"):
         RobosuiteEnv("Lift", reward_type="shaped")
+
+
+def test_render_size_sets_the_frame_size():
+    env = RobosuiteEnv("Lift", render_mode="rgb_array", render_size=64, horizon=5)
+    try:
+        env.reset(seed=0)
+        frame = env.render()
+        assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 1
+    finally:
+        env.close()

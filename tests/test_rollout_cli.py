@@ -199,7 +199,7 @@ def test_collect_scripted_on_robosuite_says_there_is_no_expert(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("kwarg", ["image_size=8", "no_such_option=1"])
+@pytest.mark.parametrize("kwarg", ["image_size=8", "no_such_option=1", "image", "image_size=[1"])
 def test_collect_bad_env_kwarg_fails_cleanly(tmp_path, kwarg):
     result = _cli("collect", "--env", REACH, "--episodes", 1, "--out", tmp_path / "x.h5", "--env-kwarg", kwarg)
     assert os.listdir(tmp_path) == []

@@ -43,7 +43,7 @@ ROBOSUITE_TASKS: dict[str, dict[str, Any]] = {
 ENTRY_POINT = "fleetrl.envs.robosuite_env:RobosuiteEnv"
 CAMERA = "agentview"
 RENDER_SIZE = 256
-"""Height and width of :meth:`RobosuiteEnv.render` frames."""
+"""Default height and width of :meth:`RobosuiteEnv.render` frames (``render_size`` overrides it)."""
 
 #: The Panda grip site's orientation when pointing straight down at its home yaw (site x along world y, z down).
 #: Measuring the eef orientation relative to it keeps roll/pitch/yaw near 0 at home instead of roll at the ±pi wrap.
@@ -57,7 +57,7 @@ class RobosuiteEnv(gym.Env):
 
     def __init__(self, task: str, horizon: int | None = None, image: bool = False, image_size: int | None = None,
                  privileged: bool = True, reward_type: str = "sparse", terminate_on_success: bool = True,
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, render_size: int = RENDER_SIZE):
         # The same keywords as WidowXEnv (image, image_size, reward_type), so env.kwargs carry over between them.
         # An image_size alone also turns the camera on.
         if image and image_size is None:
@@ -75,6 +75,7 @@ class RobosuiteEnv(gym.Env):
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self.task, self.horizon, self.image_size, self.privileged = task, int(horizon), image_size, privileged
         self.terminate_on_success, self.render_mode = terminate_on_success, render_mode
+        self.render_size = int(render_size)
 
         # Lazy: importing robosuite takes seconds and sets MUJOCO_GL, which must not happen on `import fleetrl`.
         import robosuite
@@ -148,10 +149,11 @@ class RobosuiteEnv(gym.Env):
         return self._obs(raw), float(reward), success and self.terminate_on_success, self._t >= self.horizon, info
 
     def render(self) -> np.ndarray | None:
-        """A fresh ``(256, 256, 3)`` uint8 agentview frame with ``render_mode="rgb_array"``, else None."""
+        """A fresh ``(render_size, render_size, 3)`` uint8 agentview frame with ``render_mode="rgb_array"``, else
+        None."""
         if self.render_mode != "rgb_array":
             return None
-        return self._camera(RENDER_SIZE)
+        return self._camera(self.render_size)
 
     def close(self) -> None:
         """Free robosuite's sim and GL context (idempotent)."""

@@ -62,8 +62,6 @@ def make_rollout_env(env_id: str, policy: str, noise: float, render_mode: str | 
         raise RolloutError(f"--policy: unknown policy {policy!r}; known: {list(POLICIES)}")
     if not 0.0 <= noise <= 2.0:
         raise RolloutError(f"--noise: must be in [0, 2], got {noise}")
-    if policy == "scripted" and env_id in gym.registry and "WidowX" in env_id:
-        env_kwargs.setdefault("privileged", True)  # the expert reads the object state
     try:
         env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
     except gym.error.Error as exc:
@@ -187,8 +185,7 @@ def record_video(env_id: str, out: str | os.PathLike[str], policy: str = "script
         raise RolloutError(f"--out {path}: the video must end in .mp4 or .gif")
     if not path.parent.is_dir():
         raise RolloutError(f"--out {path}: directory {path.parent} does not exist")
-    if "WidowX" in env_id:
-        env_kwargs.setdefault("render_size", size)
+    env_kwargs.setdefault("render_size", size)  # every fleetrl env takes it (WidowX and robosuite)
     env, pol = make_rollout_env(env_id, policy, noise, render_mode="rgb_array", **env_kwargs)
     frames: list[np.ndarray] = []
     try:
