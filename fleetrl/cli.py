@@ -1,4 +1,4 @@
-"""``fleetrl`` command line: train, eval, envs, collect, view."""
+"""``fleetrl`` command line: train, pretrain, eval, envs, collect, view."""
 
 from __future__ import annotations
 
@@ -31,24 +31,70 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
     config: Annotated[pathlib.Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
     resume: Annotated[pathlib.Path | None, typer.Option(help="Continue the run in this run directory.")] = None,
+    init_from: Annotated[pathlib.Path | None, typer.Option(
+        "--init-from", help="Start a new run from this checkpoint's learner (e.g. one `fleetrl pretrain` wrote): "
+        "file, checkpoints dir or run dir.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address ('auto' joins a running cluster).")] = None,
 ) -> None:
     """Train with sim actors, a Reverb replay server and a learner (defaults: local Ray, 2 actors, CPU)."""
+    import shutil
+
     from fleetrl.envs.gym_adapter import transition_spec
+    from fleetrl.runs import init_from as init_plan
     from fleetrl.runs import new_run, resume_run
 
+    if resume is not None and init_from is not None:
+        _fail("--resume continues a run from its own checkpoint; --init-from starts a new one: give one of them")
+    plan = None
     try:
         cfg = load_config(config, overrides or []) if resume is None else None
         if cfg is not None:
             transition_spec(cfg.env)  # an env that cannot be made fails here, before any directory or process
         plan = resume_run(resume, config, overrides or []) if resume is not None else new_run(cfg)
+        if init_from is not None:
+            plan = init_plan(plan, init_from)
     except (ConfigError, ValueError) as exc:
+        if plan is not None and resume is None:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)  # the run never started: leave no empty directory
         _fail(str(exc))
     logging.basicConfig(level=logging.WARNING)
+    from fleetrl.datasets import DatasetError
     from fleetrl.distributed.launcher import train as run_train
 
     console.print(f"run directory: {plan.run_dir}", highlight=False)
-    summary = run_train(plan, address=address)
+    try:
+        summary = run_train(plan, address=address)
+    except DatasetError as exc:
+        _fail(str(exc))
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
+def pretrain(
+    overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
+    config: Annotated[pathlib.Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+) -> None:
+    """Train on the offline datasets only (offline.*) and write a checkpoint for `fleetrl train --init-from`."""
+    from fleetrl.datasets import DatasetError
+    from fleetrl.envs.gym_adapter import transition_spec
+    from fleetrl.runs import new_run
+
+    try:
+        cfg = load_config(config, overrides or [])
+        if not cfg.offline.datasets:
+            raise ConfigError("offline.datasets: fleetrl pretrain needs at least one offline dataset")
+        transition_spec(cfg.env)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    logging.basicConfig(level=logging.WARNING)
+    from fleetrl.distributed.pretrain import pretrain as run_pretrain
+
+    plan = new_run(cfg)
+    console.print(f"run directory: {plan.run_dir}", highlight=False)
+    try:
+        summary = run_pretrain(plan)
+    except DatasetError as exc:
+        _fail(str(exc))
     console.print_json(json.dumps(summary))
 
 

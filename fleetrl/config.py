@@ -98,6 +98,8 @@ class SACConfig:
     """Entropy target; None means ``-action_dim``."""
     backup_entropy: bool = True
     """Subtract the entropy term inside the TD target."""
+    policy_q: Literal["mean", "min"] = "mean"
+    """How the actor loss reduces the critic ensemble: ``mean`` (RLPD) or ``min`` (SAC, CQL, Cal-QL)."""
 
     @model_validator(mode="after")
     def _subsample_fits(self) -> SACConfig:
@@ -109,12 +111,97 @@ class SACConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class CQLConfig(SACConfig):
+    """CQL (arXiv 2006.04779) and Cal-QL (arXiv 2303.05479) on top of SAC; defaults are Cal-QL's paper values.
+
+    ``learner.algorithm: calql`` floors the policy-action values of the regulariser at the Monte-Carlo return;
+    ``cql`` is the same learner without the floor. The inherited SAC fields keep their meaning; the ones whose
+    paper value differs from SAC's are redefined here.
+    """
+
+    actor_lr: float = Field(1e-4, gt=0)
+    """Policy learning rate (Cal-QL: 1e-4; critics 3e-4)."""
+    alpha_lr: float = Field(1e-4, gt=0)
+    """Temperature learning rate (Cal-QL's official code uses the policy's)."""
+    backup_entropy: bool = False
+    """Cal-QL's backup has no entropy term."""
+    policy_q: Literal["mean", "min"] = "min"
+    """The policy maximises ``min(Q1, Q2)`` (Cal-QL)."""
+    alpha: float = Field(5.0, ge=0)
+    """Weight of the conservative gap (alpha_cql; Cal-QL AntMaze 5, Adroit 1)."""
+    lagrange: bool = False
+    """Lagrange form: learn a multiplier alpha' that holds the gap at ``target_gap`` (Cal-QL AntMaze: on)."""
+    target_gap: float = 0.8
+    """Target of the gap in the Lagrange form (Cal-QL AntMaze: 0.8)."""
+    alpha_prime_lr: float = Field(3e-4, gt=0)
+    """Learning rate of alpha' (Lagrange form)."""
+    init_log_alpha_prime: float = 1.0
+    """Initial log alpha' (the official code starts it at 1.0)."""
+    num_actions: int = Field(10, ge=1)
+    """Actions sampled per state for the regulariser (uniform, pi(.|s), pi(.|s')) and the max-target backup."""
+    temperature: float = Field(1.0, gt=0)
+    """Temperature of the regulariser's logsumexp."""
+    max_target_backup: bool = True
+    """TD target: max over ``num_actions`` next actions of the min over target critics (Cal-QL: on)."""
+    importance_sample: bool = True
+    """Weight the logsumexp's actions by their sampling density (uniform 0.5^|A|, pi) (Cal-QL: on)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RewardConfig:
+    """How the learner sees rewards, and the Monte-Carlo return rule; actors use the same for ``mc_return``."""
+
+    scale: float = 1.0
+    """The learner trains on ``reward * scale + bias`` (Cal-QL AntMaze: 10, -5; Adroit: 10, 5)."""
+    bias: float = 0.0
+    sparse: bool = False
+    """Sparse task: an episode whose every reward equals ``negative`` failed, and its Monte-Carlo return is
+    ``r_neg / (1 - gamma)`` at every step (``r_neg`` the transformed ``negative``); a time-limit truncation is then
+    valued at that too beyond its end (see docs/algorithms.md)."""
+    negative: float = 0.0
+    """The raw reward of a step that did not reach the goal (sparse tasks)."""
+
+    def transformed_negative(self) -> float | None:
+        """``r_neg`` in the learner's units, or None if the task is not sparse."""
+        return self.negative * self.scale + self.bias if self.sparse else None
+
+
+@dataclass(frozen=True, config=_STRICT)
+class EncoderConfig:
+    """The CNN that reads image observations (uint8 ``H x W x C`` keys); unused on the state-only path.
+
+    A GroupNorm ResNet with a learned spatial embedding (PTR, arXiv 2210.05178); the actor and the critics each have
+    their own. Images are random-shifted in every learner update (DrQ), never when acting."""
+
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    """Width of each stride-2 stage (each halves the resolution; the image size must be divisible by 2**stages)."""
+    groups: int = Field(8, ge=1)
+    """GroupNorm groups (must divide every width)."""
+    spatial_blocks: int = Field(8, ge=1)
+    """Learned spatial weightings per channel of the last feature map."""
+    out_dim: int = Field(256, ge=1)
+    """Features per image key."""
+    shift_pad: int = Field(4, ge=0)
+    """Random-shift padding in pixels (0 = no augmentation)."""
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> EncoderConfig:
+        if not self.channels or any(c < 1 or c % self.groups for c in self.channels):
+            raise ValueError(f"groups ({self.groups}) must divide every entry of channels {list(self.channels)}")
+        return self
+
+
+@dataclass(frozen=True, config=_STRICT)
 class LearnerConfig:
     """The learner process."""
 
-    algorithm: Literal["sac"] = "sac"
+    algorithm: Literal["sac", "cql", "calql"] = "sac"
+    """``sac``: RLPD-style SAC (section ``sac``); ``cql`` and ``calql``: section ``cql``."""
     batch_size: int = Field(256, ge=1)
     sac: SACConfig = Field(default_factory=SACConfig)
+    cql: CQLConfig = Field(default_factory=CQLConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     publish_every: int = Field(10, ge=1)
     """Publish weights to the actors every this many updates."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -124,6 +211,45 @@ class LearnerConfig:
     prefetch_batches: int = Field(4, ge=1)
     """Batches the background sampler keeps ready."""
     seed: int = 0
+
+    def algo(self) -> SACConfig:
+        """The hyperparameters of the chosen algorithm (``sac`` or ``cql``; gamma, networks, learning rates)."""
+        return self.sac if self.algorithm == "sac" else self.cql
+
+
+@dataclass(frozen=True, config=_STRICT)
+class DatasetConfig:
+    """One offline dataset loaded into the ``offline`` replay table."""
+
+    path: str
+    """A ``fleetrl collect`` HDF5 file, a robomimic HDF5 file or an RLDS / TFDS dataset directory."""
+    format: Literal["auto", "fleetrl", "robomimic", "rlds"] = "auto"
+    """``auto``: a directory is RLDS; an HDF5 file with a ``data`` group is robomimic, else fleetrl's format."""
+    obs_keys: dict[str, list[str]] | None = None
+    """robomimic / RLDS: the run's observation keys built from the dataset's, e.g. ``{state: [robot0_eef_pos,
+    robot0_gripper_qpos]}`` (low-dimensional keys are concatenated in order; image keys map one to one). None keeps
+    the dataset's keys. fleetrl files need none: their keys must equal the env's."""
+    split: str = "train"
+    """RLDS split."""
+    max_episodes: int | None = Field(None, ge=1)
+    """Load at most this many episodes (the first ones)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class OfflineConfig:
+    """Offline data: the ``offline`` replay table, how batches mix it with online data, and pretraining."""
+
+    datasets: tuple[DatasetConfig, ...] = ()
+    """Datasets loaded into table ``offline`` at the start of a run (skipped when a resumed table already holds
+    them). Empty: no offline table, learner batches are all online."""
+    ratio: float = Field(0.5, ge=0, le=1)
+    """Fraction of every learner batch sampled from ``offline`` while training online (Cal-QL / RLPD: 0.5)."""
+    capacity: int = Field(2_000_000, ge=1)
+    """Most transitions the offline table holds; loading more is an error (nothing is evicted)."""
+    pretrain_updates: int = Field(10_000, ge=1)
+    """``fleetrl pretrain``: learner updates on offline batches only."""
+    pretrain_eval_episodes: int = Field(10, ge=0)
+    """``fleetrl pretrain``: evaluation episodes of the pretrained policy at the end (0 = none)."""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -165,6 +291,7 @@ class TrainConfig:
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -178,7 +305,19 @@ class TrainConfig:
             raise ValueError(
                 f"replay.min_size ({self.replay.min_size}) must be >= learner.batch_size ({self.learner.batch_size})"
             )
+        if self.offline.datasets:
+            offline, online = split_batch(self.learner.batch_size, self.offline.ratio)
+            if online == 0 or offline == 0:
+                raise ValueError(f"offline.ratio ({self.offline.ratio}) leaves {online} online and {offline} offline "
+                                 f"rows of learner.batch_size {self.learner.batch_size}; each needs at least one "
+                                 "(use no offline.datasets for online-only training)")
         return self
+
+
+def split_batch(batch_size: int, ratio: float) -> tuple[int, int]:
+    """``(offline, online)`` rows of a learner batch of ``batch_size`` with offline fraction ``ratio``."""
+    offline = int(round(batch_size * ratio))
+    return offline, batch_size - offline
 
 
 def _section_fields(path: tuple[Any, ...]) -> list[str]:

@@ -17,13 +17,13 @@ from fleetrl.types import TransitionSpec
 def evaluate(checkpoint: str | os.PathLike, episodes: int = 10, seed: int = 12345,
              video: str | os.PathLike | None = None, fps: int = 30) -> dict[str, Any]:
     """Run the checkpoint's policy deterministically for ``episodes`` episodes; the first one is filmed if asked."""
-    from fleetrl.learners.policy import GaussianPolicy
+    from fleetrl.learners.builder import build_policy
 
     data = load_checkpoint(checkpoint)
     meta = data["meta"]
     cfg = config_from_dict(meta["config"])
     spec = TransitionSpec.from_dict(meta["spec"])
-    policy = GaussianPolicy(spec, cfg.learner.sac.hidden_dims)
+    policy = build_policy(spec, cfg.learner)
     policy.load_weights(data["policy"])
     if video is not None:
         # Headless rendering: EGL unless the user chose (osmesa works too); PyOpenGL must agree with MuJoCo.

@@ -93,3 +93,30 @@ def resume_run(run_dir: str | pathlib.Path, config_path: str | pathlib.Path | No
     counters = {k: int(meta[k]) for k in ("learner_steps", "env_steps")}
     counters["generation"] = int(meta.get("generation", 0)) + 1
     return RunPlan(run_dir=run_dir, cfg=cfg, counters=counters, init_state=ckpt["algorithm"])
+
+
+def init_from(plan: RunPlan, checkpoint: str | pathlib.Path) -> RunPlan:
+    """``fleetrl train --init-from CKPT``: the new run starts from the checkpoint's algorithm state (e.g. ``fleetrl
+    pretrain``'s), with fresh counters. Refused, naming what differs, if the checkpoint's observation/action schema
+    or network shapes do not fit this run's config."""
+    from fleetrl.envs.gym_adapter import transition_spec
+    from fleetrl.learners.builder import build_algorithm
+    from fleetrl.types import TransitionSpec
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise ConfigError(f"--init-from {checkpoint}: {exc}") from exc
+    spec = transition_spec(plan.cfg.env)
+    saved = TransitionSpec.from_dict(ckpt["meta"]["spec"])
+    if saved != spec:
+        keys = sorted(k for k in set(saved.obs) | set(spec.obs) if saved.obs.get(k) != spec.obs.get(k))
+        what = f"observation keys {keys}" if keys else f"action {saved.action} vs {spec.action}"
+        raise ConfigError(f"--init-from {checkpoint}: the checkpoint's env schema differs from env.id "
+                          f"{plan.cfg.env.id!r} in {what}")
+    try:  # the exact check: the state loads into this config's algorithm
+        build_algorithm(spec, plan.cfg.learner).load_state_dict(ckpt["algorithm"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"--init-from {checkpoint}: its learner state does not fit this config's learner "
+                          f"(learner.algorithm / hidden_dims / num_critics / encoder must match): {exc}") from exc
+    return dataclasses.replace(plan, init_state=ckpt["algorithm"])

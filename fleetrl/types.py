@@ -138,19 +138,9 @@ class TransitionBatch:
 
 
 def discounted_returns(rewards: np.ndarray, terminated_last: bool, gamma: float) -> np.ndarray:
-    """Monte-Carlo return-to-go ``G_t = r_t + gamma * G_{t+1}`` of one finished episode.
-
-    The return beyond the last step is 0 whether the episode terminated or was truncated by a time limit: for a
-    truncation that makes G a lower bound on a non-negative-reward task's true value (see docs/architecture.md;
-    issue 4 refines this for Cal-QL).
-    """
-    del terminated_last  # both cases bootstrap with 0 here; the argument keeps the call sites explicit
-    out = np.zeros(len(rewards), np.float32)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
-    return out
+    """Plain return-to-go ``G_t = r_t + gamma * G_{t+1}``, 0 beyond the end: :func:`monte_carlo_returns` without a
+    reward transform or sparse-failure rule."""
+    return monte_carlo_returns(rewards, terminated_last, gamma)
 
 
 def monte_carlo_returns(rewards: np.ndarray, terminated_last: bool, gamma: float, reward_scale: float = 1.0,

@@ -112,3 +112,20 @@ def test_gym_adapter_rescales_actions_and_wraps_obs():
     assert inner.last_u == pytest.approx(2.0)
     with pytest.raises(ValueError, match="env.id"):
         make_env(EnvConfig(id="NoSuchEnv-v0"))
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_actor_mc_returns_use_the_learner_reward_transform(truncate):
+    """What a Cal-QL actor stores: the learner's units (reward * 2 - 3), the truncation tail valued at r_neg/(1-g)."""
+    from fleetrl.config import LearnerConfig, RewardConfig, SACConfig
+    from fleetrl.learners.builder import returns_fn
+
+    cfg = LearnerConfig(sac=SACConfig(gamma=0.5), reward=RewardConfig(scale=2.0, bias=-3.0, sparse=True, negative=1.0))
+    env = CountingEnv(length=2, truncate=truncate)
+    spec = TransitionSpec.from_spaces(env.observation_space, env.action_space)
+    sink = ListSink()
+    EnvLoop(env, spec, lambda: (0, ConstantPolicy((1,))), sink, actor_id=0, gamma=0.5, seed=0,
+            returns_fn=returns_fn(cfg)).run_episode()
+    rows, _ = sink.episodes[0]
+    # Every reward 1 -> transformed -1 == r_neg (negative 1.0 * 2 - 3): a failure forever, G = -1 / (1 - 0.5).
+    np.testing.assert_allclose([r["mc_return"] for r in rows], [-2.0, -2.0])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fleetrl.config import SACConfig
+from fleetrl.config import EncoderConfig, SACConfig
 from fleetrl.core import Algorithm, Policy
 from fleetrl.learners import SAC, CriticEnsemble, GaussianPolicy, TanhGaussianActor, obs_vector
 from fleetrl.types import ArraySpec, TransitionBatch, TransitionSpec
@@ -261,17 +261,22 @@ def test_policy_round_trip_and_strict_weights() -> None:
     np.testing.assert_array_equal(other.act(obs, deterministic=True), action)  # failed loads changed nothing
 
 
-def test_obs_keys_are_sorted_floating_entries() -> None:
+def test_obs_keys_are_sorted_floating_entries_and_images_go_to_the_encoder() -> None:
     spec = TransitionSpec(
-        obs={"z_vel": ArraySpec((2,), F32), "image": ArraySpec((4, 4, 3), np.dtype(np.uint8)),
+        obs={"z_vel": ArraySpec((2,), F32), "image": ArraySpec((8, 8, 3), np.dtype(np.uint8)),
              "a_pos": ArraySpec((1, 2), np.dtype(np.float64))},
         action=ArraySpec((2,), F32),
     )
-    sac = SAC(spec, CONFIGS["default"])
+    sac = SAC(spec, CONFIGS["default"], encoder=EncoderConfig(channels=(4,), groups=2, out_dim=5))
     policy = sac.make_policy()
     assert policy.obs_keys == sac.obs_keys == ["a_pos", "z_vel"]
-    obs = {"z_vel": np.ones(2, np.float32), "image": np.zeros((4, 4, 3), np.uint8), "a_pos": np.ones((1, 2))}
+    assert sac.actor_encoder is not None and sac.actor_encoder.keys == ("image",)
+    assert sac.actor.trunk.net[0].in_features == 2 + 2 + 5  # state keys, then the image features
+    obs = {"z_vel": np.ones(2, np.float32), "image": np.zeros((8, 8, 3), np.uint8), "a_pos": np.ones((1, 2))}
     assert policy.act(obs).shape == (2,)
+    # The policy reads the image: a different frame gives a different deterministic action.
+    bright = dict(obs, image=np.full((8, 8, 3), 255, np.uint8))
+    assert not np.allclose(policy.act(obs, deterministic=True), policy.act(bright, deterministic=True))
 
 
 def test_learners_import_neither_ray_nor_reverb() -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fleetrl.core import Policy
-from fleetrl.types import TransitionSpec, discounted_returns
+from fleetrl.types import TransitionSpec, monte_carlo_returns
 
 
 class EpisodeSink(Protocol):
@@ -51,9 +51,13 @@ class EnvLoop:
 
     def __init__(self, env: Any, spec: TransitionSpec, policy: PolicyProvider, sink: EpisodeSink, *, actor_id: int,
                  gamma: float, seed: int, random_steps: int = 0, generation: int = 0,
-                 max_steps_per_s: float | None = None):
+                 max_steps_per_s: float | None = None,
+                 returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None):
         self.env, self.spec, self._policy, self._sink = env, spec, policy, sink
         self.actor_id, self.gamma, self.generation = actor_id, gamma, generation
+        # mc_return of every transition, computed once the episode is over (Cal-QL's floor; the learner's reward
+        # units and sparse-failure rule come with `returns_fn`, built by learners.builder.returns_fn).
+        self._returns = returns_fn or (lambda rewards, terminated: monte_carlo_returns(rewards, terminated, gamma))
         self._seed, self._random_steps = seed, random_steps
         self._min_step_s = 1.0 / max_steps_per_s if max_steps_per_s else 0.0
         self._next_step_at = 0.0
@@ -98,7 +102,7 @@ class EnvLoop:
             versions.append(version)
             obs = next_obs
             self.total_steps += 1
-        returns = discounted_returns(np.asarray(rewards), terminated, self.gamma)
+        returns = self._returns(np.asarray(rewards), terminated)
         for row, g in zip(rows, returns, strict=True):
             row["mc_return"] = np.float32(g)
         padding = self.spec.padding_step(obs, self.actor_id, episode_id)

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from fleetrl.config import TrainConfig, config_to_dict
+from fleetrl.datasets.episode import DatasetError
 from fleetrl.distributed.learner_worker import LearnerWorker
 from fleetrl.distributed.replay_server import ReplayServer
 from fleetrl.distributed.sim_actor import SimActor
@@ -125,16 +126,22 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
          signalled: threading.Event, stop: threading.Event | None) -> dict[str, Any]:
     cfg, run_dir = plan.cfg, plan.run_dir
     generation = plan.counters.get("generation", 0)
-    replay = ReplayServer.remote(spec, cfg.replay, cfg.learner.batch_size, str(run_dir / "replay"))
+    replay = ReplayServer.remote(spec, cfg, str(run_dir / "replay"))
     handles["replay"] = replay
-    address = ray.get(replay.address.remote())
+    try:
+        address = ray.get(replay.address.remote())
+    except DatasetError as exc:  # the offline loader refused a dataset: the message names episode and key
+        raise DatasetError(str(getattr(exc, "cause", exc))) from None
+    offline = ray.get(replay.offline_summary.remote())
+    if offline is not None:
+        log.warning("offline table: %s", {k: v for k, v in offline.items() if k != "datasets"})
     store = WeightStore.remote()
     handles["store"] = store
     use_gpu = cfg.learner.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
     learner = LearnerWorker.options(num_gpus=1 if use_gpu else 0).remote(
         cfg, spec, address, replay, store, str(run_dir), plan.counters, plan.init_state)
     handles["learner"] = learner
-    factory = policy_factory_default(spec, cfg.learner.sac.hidden_dims)
+    factory = policy_factory_default(spec, cfg.learner)
     resumed = plan.init_state is not None
     actors = [SimActor.remote(i, cfg, spec, address, store, factory, generation, resumed)
               for i in range(cfg.actors.num_sim)]

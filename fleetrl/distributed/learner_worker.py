@@ -1,4 +1,4 @@
-"""The learner as a Ray actor: Reverb batches in, SAC updates, weights out, checkpoints to the run directory."""
+"""The learner as a Ray actor: Reverb batches in, algorithm updates, weights out, checkpoints to the run directory."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class LearnerWorker:
         import torch
 
         from fleetrl.distributed.replay import limit_tf_threads
-        from fleetrl.learners.sac import SAC
+        from fleetrl.learners.builder import build_algorithm
 
         torch.set_num_threads(cfg.learner.torch_threads)
         limit_tf_threads(1)
@@ -38,7 +38,8 @@ class LearnerWorker:
         self.cfg, self.spec = cfg, spec
         self._replay, self._store, self._address = replay, weight_store, replay_address
         self._ckpt_dir = pathlib.Path(run_dir) / "checkpoints"
-        self.algo = SAC(spec, cfg.learner.sac, self.device, seed=cfg.learner.seed + counters.get("generation", 0))
+        self.algo = build_algorithm(spec, cfg.learner, self.device,
+                                    seed=cfg.learner.seed + counters.get("generation", 0))
         if init_state is not None:
             self.algo.load_state_dict(init_state)
         self.learner_steps = int(counters.get("learner_steps", 0))
@@ -66,13 +67,12 @@ class LearnerWorker:
 
     def run(self) -> dict[str, Any]:
         """Train until :meth:`stop`; always ends with a final checkpoint."""
-        from fleetrl.distributed.replay import BatchSource
+        from fleetrl.distributed.replay import make_batch_source
 
         cfg = self.cfg
         self._started, self._steps_at_start = time.monotonic(), self.learner_steps
         self.publish()
-        source = BatchSource(self._address, self.spec, cfg.learner.batch_size, self.device,
-                             cfg.learner.prefetch_batches)
+        source = make_batch_source(self._address, self.spec, cfg, self.device)
         try:
             while not self._stop.is_set():
                 batch = source.next(timeout_s=0.5)

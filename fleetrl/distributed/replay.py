@@ -12,8 +12,10 @@ Storage layout: each observation key is a column; the action and the float scala
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,7 +25,7 @@ import reverb
 import tensorflow as tf
 import torch
 
-from fleetrl.config import ReplayConfig
+from fleetrl.config import ReplayConfig, TrainConfig, split_batch
 from fleetrl.types import SCALAR_FIELDS, ArraySpec, TransitionBatch, TransitionSpec
 
 ONLINE_TABLE = "online"
@@ -236,6 +238,58 @@ class BatchSource:
         """Stop the sampler; waits at most ``timeout_s`` for it (it may be blocked in Reverb, see the class)."""
         self._stop.set()
         self._thread.join(timeout=timeout_s)
+
+
+class MixedBatchSource:
+    """Batches of ``offline`` rows from one table and ``online`` rows from another, concatenated (offline first).
+
+    Each part has its own :class:`BatchSource`; a batch is ready once both parts are. Cal-QL / RLPD sample every
+    batch half offline, half online (``offline.ratio``)."""
+
+    def __init__(self, first: BatchSource, second: BatchSource):
+        self._parts = (first, second)
+        self._pending: list[TransitionBatch | None] = [None, None]
+
+    def next(self, timeout_s: float = 1.0) -> TransitionBatch | None:
+        deadline = time.monotonic() + timeout_s
+        for i, source in enumerate(self._parts):
+            while self._pending[i] is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None  # what arrived stays pending for the next call
+                self._pending[i] = source.next(timeout_s=left)
+        first, second = self._pending
+        self._pending = [None, None]
+        assert first is not None and second is not None
+        return concat_batches(first, second)
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        for source in self._parts:
+            source.close(timeout_s)
+
+
+def concat_batches(a: TransitionBatch, b: TransitionBatch) -> TransitionBatch:
+    """Rows of ``a`` then rows of ``b`` (torch tensors)."""
+    return TransitionBatch(**{
+        f.name: ({k: torch.cat([x, getattr(b, f.name)[k]]) for k, x in getattr(a, f.name).items()}
+                 if isinstance(getattr(a, f.name), dict) else torch.cat([getattr(a, f.name), getattr(b, f.name)]))
+        for f in dataclasses.fields(a)})
+
+
+def make_batch_source(address: str, spec: TransitionSpec, cfg: TrainConfig, device: torch.device | str,
+                      offline_only: bool = False) -> BatchSource | MixedBatchSource:
+    """The learner's batches: all ``online``; or ``offline.ratio`` of each from ``offline`` when the run has offline
+    datasets; or all ``offline`` (``offline_only``, for pretraining)."""
+    from fleetrl.distributed.offline import OFFLINE_TABLE
+
+    size, prefetch = cfg.learner.batch_size, cfg.learner.prefetch_batches
+    if offline_only:
+        return BatchSource(address, spec, size, device, prefetch, table=OFFLINE_TABLE)
+    if not cfg.offline.datasets:
+        return BatchSource(address, spec, size, device, prefetch)
+    offline_rows, online_rows = split_batch(size, cfg.offline.ratio)
+    return MixedBatchSource(BatchSource(address, spec, offline_rows, device, prefetch, table=OFFLINE_TABLE),
+                            BatchSource(address, spec, online_rows, device, prefetch))
 
 
 def limit_tf_threads(n: int) -> None:

@@ -33,6 +33,7 @@ class SimActor:
         from fleetrl.distributed.replay import EpisodeWriter
         from fleetrl.distributed.weights import WeightSubscriber
         from fleetrl.envs.gym_adapter import make_env
+        from fleetrl.learners.builder import returns_fn
 
         # One torch thread per actor process: several actors on a small machine otherwise oversubscribe the cores.
         torch.set_num_threads(cfg.actors.torch_threads)
@@ -44,11 +45,11 @@ class SimActor:
         seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation
         self._writer = EpisodeWriter(reverb.Client(replay_address), spec)
         self._weights = WeightSubscriber(weight_store, policy_factory(seed), cfg.actors.weight_poll_timeout_s)
-        # A resumed run already has a trained policy: no random warm-up again.
+        # A resumed (or --init-from) run already has a trained policy: no random warm-up.
         self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
-                             gamma=cfg.learner.sac.gamma, seed=seed,
+                             gamma=cfg.learner.algo().gamma, seed=seed,
                              random_steps=0 if resumed else cfg.actors.random_steps, generation=generation,
-                             max_steps_per_s=cfg.actors.max_steps_per_s)
+                             max_steps_per_s=cfg.actors.max_steps_per_s, returns_fn=returns_fn(cfg.learner))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._recent: collections.deque = collections.deque(maxlen=1000)

@@ -107,12 +107,12 @@ class WeightSubscriber:
         self._thread.join(timeout=self._timeout_s + 1.0)
 
 
-def policy_factory_default(spec: Any, hidden_dims: tuple[int, ...]) -> Callable[[int], Policy]:
-    """Factory ``seed -> policy`` for the shipped Gaussian policy (imported lazily to keep Ray workers light)."""
+def policy_factory_default(spec: Any, learner_cfg: Any) -> Callable[[int], Policy]:
+    """Factory ``seed -> policy`` for the shipped policy of ``learner_cfg`` (imported lazily to keep workers light)."""
 
     def make(seed: int) -> Policy:
-        from fleetrl.learners.policy import GaussianPolicy
+        from fleetrl.learners.builder import build_policy
 
-        return GaussianPolicy(spec, hidden_dims, seed=seed)
+        return build_policy(spec, learner_cfg, seed=seed)
 
     return make

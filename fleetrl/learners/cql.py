@@ -35,21 +35,26 @@ def calibrate(q_policy: Tensor, mc_return: Tensor) -> tuple[Tensor, Tensor]:
 
 def conservative_gap(q_data: Tensor, q_uniform: Tensor, q_pi: Tensor, q_next_pi: Tensor, logp_pi: Tensor,
                      logp_next_pi: Tensor, action_dim: int, temperature: float = 1.0,
-                     mc_return: Tensor | None = None) -> tuple[Tensor, Metrics]:
+                     mc_return: Tensor | None = None, importance_sample: bool = True) -> tuple[Tensor, Metrics]:
     """Per-critic CQL gap ``T * logsumexp(Q_ood / T) - Q(s, a_data)``, averaged over the batch: ``[E]``.
 
     ``q_data [E, B]``: Q(s, a) of the batch actions. ``q_uniform``, ``q_pi``, ``q_next_pi`` ``[E, B, N]``: Q(s, .)
     of uniform actions, of actions from pi(.|s) and of actions from pi(.|s'). ``logp_pi``, ``logp_next_pi`` ``[B, N]``:
     their log-probabilities. With ``mc_return [B]`` this is Cal-QL: policy-action values are floored at it first.
+    Without ``importance_sample`` the logsumexp runs over the plain values plus ``Q(s, a_data)`` (CQL's "CQL(H)"
+    variant in the official code).
     """
     metrics: Metrics = {}
     if mc_return is not None:
         q_pi, rate_pi = calibrate(q_pi, mc_return)
         q_next_pi, rate_next = calibrate(q_next_pi, mc_return)
         metrics["calql_bound_rate"] = 0.5 * (rate_pi + rate_next)
-    ood = torch.cat([q_uniform - uniform_log_density(action_dim),
-                     q_pi - logp_pi.detach().unsqueeze(0),
-                     q_next_pi - logp_next_pi.detach().unsqueeze(0)], dim=-1)
+    if importance_sample:
+        ood = torch.cat([q_uniform - uniform_log_density(action_dim),
+                         q_pi - logp_pi.detach().unsqueeze(0),
+                         q_next_pi - logp_next_pi.detach().unsqueeze(0)], dim=-1)
+    else:
+        ood = torch.cat([q_uniform, q_data.unsqueeze(-1), q_next_pi, q_pi], dim=-1)
     ood_value = temperature * torch.logsumexp(ood / temperature, dim=-1)  # [E, B]
     gap = (ood_value - q_data).mean(dim=1)
     metrics["cql_ood_value"] = ood_value.mean().detach()

@@ -1,4 +1,4 @@
-"""The policy that ships to actors and robots: a CPU tanh-Gaussian actor behind numpy in, numpy out."""
+"""The policy that ships to actors and robots: a CPU tanh-Gaussian actor (numpy path), or a CNN + actor for images."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fleetrl.config import EncoderConfig
 from fleetrl.core import Weights
 from fleetrl.learners.networks import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, obs_vector
 from fleetrl.types import TransitionSpec
@@ -98,18 +99,75 @@ class GaussianPolicy:
         Everything is validated before anything is copied, so a bad publish leaves the old weights intact.
         """
         own = self.actor.state_dict()
-        missing = sorted(set(own) - set(weights))
-        extra = sorted(set(weights) - set(own))
-        if missing:
-            raise ValueError(f"policy weights: missing key {missing[0]!r} (missing: {missing})")
-        if extra:
-            raise ValueError(f"policy weights: unexpected key {extra[0]!r} (extra: {extra})")
-        for key, tensor in own.items():
-            shape = tuple(np.shape(weights[key]))
-            if shape != tuple(tensor.shape):
-                raise ValueError(f"policy weights: {key!r} has shape {shape}, expected {tuple(tensor.shape)}")
+        _check_weights(own, weights)
         with torch.no_grad():
             for key, tensor in own.items():
                 # Published arrays may be read-only views of Ray's object store: copy through numpy.
                 # In place, so the numpy views in self._layers see the new values.
                 np.copyto(tensor.numpy(), np.asarray(weights[key]), casting="same_kind")
+
+
+class ImagePolicy:
+    """Implements :class:`fleetrl.core.Policy` for observations with images: the actor's CNN, then its MLP.
+
+    Runs through torch on CPU (the CNN dominates; numpy would gain nothing). Published weights are the actor's
+    ``state_dict`` plus the encoder's under ``encoder.`` (what ``SAC.policy_weights`` sends). Images are never
+    augmented here.
+    """
+
+    def __init__(self, spec: TransitionSpec, hidden_dims: Sequence[int], encoder_cfg: EncoderConfig,
+                 seed: int | None = None) -> None:
+        from fleetrl.learners.image_obs import build_image_encoder
+
+        self.spec = spec
+        self.obs_keys = policy_obs_keys(spec)
+        encoder = build_image_encoder(spec, encoder_cfg)
+        if encoder is None:
+            raise ValueError("ImagePolicy: the spec has no image observations (use GaussianPolicy)")
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.actor = TanhGaussianActor(policy_obs_dim(spec) + encoder.out_dim, math.prod(spec.action.shape),
+                                       hidden_dims).eval().requires_grad_(False)
+        self._generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.actor.state_dict(), **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}}
+
+    @torch.inference_mode()
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        """Action in ``(-1, 1)`` for one observation without batch axis."""
+        batch = {k: torch.as_tensor(np.asarray(obs[k])).unsqueeze(0) for k in (*self.obs_keys, *self.encoder.keys)}
+        x = torch.cat([obs_vector(batch, self.obs_keys), self.encoder(batch, augment=False)], dim=-1)
+        action, _ = self.actor.sample(x, deterministic, self._generator)
+        return action[0].numpy().astype(np.float32, copy=False).reshape(self.spec.action.shape)
+
+    def load_weights(self, weights: Weights) -> None:
+        """Strict on names and shapes; validated before anything is copied."""
+        own = self._state_dict()
+        _check_weights(own, weights)
+        with torch.no_grad():
+            for key, tensor in own.items():
+                tensor.copy_(torch.as_tensor(np.array(weights[key])))
+
+
+def _check_weights(own: Mapping[str, torch.Tensor], weights: Weights) -> None:
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    if missing:
+        raise ValueError(f"policy weights: missing key {missing[0]!r} (missing: {missing})")
+    if extra:
+        raise ValueError(f"policy weights: unexpected key {extra[0]!r} (extra: {extra})")
+    for key, tensor in own.items():
+        shape = tuple(np.shape(weights[key]))
+        if shape != tuple(tensor.shape):
+            raise ValueError(f"policy weights: {key!r} has shape {shape}, expected {tuple(tensor.shape)}")
+
+
+def make_policy(spec: TransitionSpec, hidden_dims: Sequence[int], encoder_cfg: EncoderConfig | None = None,
+                seed: int | None = None) -> GaussianPolicy | ImagePolicy:
+    """The shipped policy for ``spec``: :class:`ImagePolicy` when it has image observations, else
+    :class:`GaussianPolicy`. The learner, the actors and evaluation all build it here."""
+    from fleetrl.learners.image_obs import image_obs_keys
+
+    if image_obs_keys(spec):
+        return ImagePolicy(spec, hidden_dims, encoder_cfg or EncoderConfig(), seed)
+    return GaussianPolicy(spec, hidden_dims, seed)

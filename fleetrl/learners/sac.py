@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fleetrl.config import SACConfig
-from fleetrl.core import Weights
+from fleetrl.config import EncoderConfig, RewardConfig, SACConfig
+from fleetrl.core import Policy, Weights
+from fleetrl.learners.image_obs import build_image_encoder
 from fleetrl.learners.networks import CriticEnsemble, TanhGaussianActor, obs_vector
-from fleetrl.learners.policy import GaussianPolicy, policy_obs_dim, policy_obs_keys
+from fleetrl.learners.policy import make_policy, policy_obs_dim, policy_obs_keys
 from fleetrl.types import TransitionBatch, TransitionSpec
 
 Metrics = dict[str, Tensor]
@@ -32,11 +33,14 @@ Metrics = dict[str, Tensor]
 class SAC:
     """RLPD-style SAC; implements :class:`fleetrl.core.Algorithm` (metrics are detached tensors, not floats)."""
 
-    def __init__(self, spec: TransitionSpec, cfg: SACConfig, device: str | torch.device = "cpu", seed: int = 0) -> None:
+    def __init__(self, spec: TransitionSpec, cfg: SACConfig, device: str | torch.device = "cpu", seed: int = 0,
+                 reward: RewardConfig | None = None, encoder: EncoderConfig | None = None) -> None:
         self.spec = spec
         self.cfg = cfg
+        self.reward_cfg = reward or RewardConfig()
+        self.encoder_cfg = encoder or EncoderConfig()
         self.device = torch.device(device)
-        self.obs_keys = policy_obs_keys(spec)  # the same rule as the shipped GaussianPolicy
+        self.obs_keys = policy_obs_keys(spec)  # the same rule as the shipped policy
         obs_dim = policy_obs_dim(spec)
         action_dim = math.prod(spec.action.shape)
         self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(action_dim)
@@ -44,23 +48,44 @@ class SAC:
         # Initialise from `seed` alone, without consuming or depending on the global RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = TanhGaussianActor(obs_dim, action_dim, cfg.hidden_dims).to(self.device)
-            self.critic = CriticEnsemble(obs_dim, action_dim, cfg.hidden_dims, cfg.num_critics,
+            # Image observations: the actor and the critics each have their own CNN (PTR, arXiv 2210.05178), so each
+            # encoder is trained by its own loss only. None on the state-only path.
+            self.actor_encoder = build_image_encoder(spec, self.encoder_cfg)
+            self.critic_encoder = build_image_encoder(spec, self.encoder_cfg)
+            feat = self.actor_encoder.out_dim if self.actor_encoder is not None else 0
+            self.actor = TanhGaussianActor(obs_dim + feat, action_dim, cfg.hidden_dims).to(self.device)
+            self.critic = CriticEnsemble(obs_dim + feat, action_dim, cfg.hidden_dims, cfg.num_critics,
                                          cfg.critic_layer_norm).to(self.device)
+        if self.actor_encoder is not None and self.critic_encoder is not None:
+            self.actor_encoder.to(self.device)
+            self.critic_encoder.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.target_critic_encoder = (copy.deepcopy(self.critic_encoder).requires_grad_(False)
+                                      if self.critic_encoder is not None else None)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.init_temperature), device=self.device))
 
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.actor_optim = torch.optim.Adam(self._actor_modules_params(), lr=cfg.actor_lr)
+        self.critic_optim = torch.optim.Adam(self._critic_modules_params(), lr=cfg.critic_lr)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
 
-        # All randomness of an update (action noise, critic subsets) comes from this generator, which is part of
-        # the saved state, so a restored learner continues bit-identically.
+        # All randomness of an update (action noise, critic subsets, image shifts) comes from this generator, which
+        # is part of the saved state, so a restored learner continues bit-identically.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
         self._target_params = list(self.target_critic.parameters())
         self._online_params = list(self.critic.parameters())
+        if self.target_critic_encoder is not None and self.critic_encoder is not None:
+            self._target_params += list(self.target_critic_encoder.parameters())
+            self._online_params += list(self.critic_encoder.parameters())
+
+    def _actor_modules_params(self) -> list[torch.nn.Parameter]:
+        enc = list(self.actor_encoder.parameters()) if self.actor_encoder is not None else []
+        return [*self.actor.parameters(), *enc]
+
+    def _critic_modules_params(self) -> list[torch.nn.Parameter]:
+        enc = list(self.critic_encoder.parameters()) if self.critic_encoder is not None else []
+        return [*self.critic.parameters(), *enc]
 
     # ------------------------------------------------------------------------------------------------ helpers
 
@@ -70,6 +95,35 @@ class SAC:
 
     def _obs(self, obs: dict[str, Tensor]) -> Tensor:
         return obs_vector(obs, self.obs_keys)
+
+    def _with_images(self, obs: dict[str, Tensor], encoder: torch.nn.Module | None) -> Tensor:
+        """State vector, followed by the encoder's image features (random-shifted: this is a training pass)."""
+        state = self._obs(obs)
+        if encoder is None:
+            return state
+        return torch.cat([state, encoder(obs, augment=True, generator=self.generator)], dim=-1)
+
+    def _actor_input(self, obs: dict[str, Tensor]) -> Tensor:
+        """What the actor reads (its own encoder's features on the image path)."""
+        return self._with_images(obs, self.actor_encoder)
+
+    def _critic_input(self, obs: dict[str, Tensor], target: bool = False) -> Tensor:
+        """What the critics read; ``target`` uses the target critics' encoder (no gradient)."""
+        if target:
+            with torch.no_grad():
+                return self._with_images(obs, self.target_critic_encoder)
+        return self._with_images(obs, self.critic_encoder)
+
+    def reward(self, batch: TransitionBatch) -> Tensor:
+        """The reward the learner trains on: ``reward * scale + bias`` (``learner.reward``)."""
+        r = batch.reward.to(torch.float32)
+        if self.reward_cfg.scale != 1.0 or self.reward_cfg.bias != 0.0:
+            r = r * self.reward_cfg.scale + self.reward_cfg.bias
+        return r
+
+    def _policy_value(self, q: Tensor) -> Tensor:
+        """Reduce ``Q [E, B]`` over the ensemble for the actor loss (``policy_q``)."""
+        return q.mean(dim=0) if self.cfg.policy_q == "mean" else q.min(dim=0).values
 
     def _sample_action(self, obs_vec: Tensor) -> tuple[Tensor, Tensor]:
         return self.actor.sample(obs_vec, generator=self.generator)
@@ -92,15 +146,15 @@ class SAC:
         env's continuation flag (0 at termination, 1 otherwise, also at a time-limit truncation).
         """
         with torch.no_grad():
-            next_obs = self._obs(batch.next_obs)
-            next_action, next_log_prob = self._sample_action(next_obs)
+            next_obs = self._critic_input(batch.next_obs, target=True)
+            next_action, next_log_prob = self._sample_action(self._actor_input(batch.next_obs))
             next_q = self.target_critic(next_obs, next_action, members=self._target_members()).min(dim=0).values
             if self.cfg.backup_entropy:
                 next_q = next_q - self.alpha() * next_log_prob
-            target_q = batch.reward + self.cfg.gamma * batch.discount * next_q
+            target_q = self.reward(batch) + self.cfg.gamma * batch.discount * next_q
 
         action = batch.action.reshape(batch.action.shape[0], -1)
-        q = self.critic(self._obs(batch.obs), action)  # [E, B]
+        q = self.critic(self._critic_input(batch.obs), action)  # [E, B]
         # Mean over members and batch, as RLPD does; Adam makes the 1/E scale immaterial.
         loss = (q - target_q.unsqueeze(0)).square().mean()
         metrics = {
@@ -112,11 +166,13 @@ class SAC:
         return loss, metrics
 
     def _actor_objective(self, batch: TransitionBatch) -> tuple[Tensor, Metrics, Tensor]:
-        obs = self._obs(batch.obs)
-        action, log_prob = self._sample_action(obs)
+        action, log_prob = self._sample_action(self._actor_input(batch.obs))
+        with torch.no_grad():  # the critic's view of s; its encoder gets no gradient from the actor loss
+            critic_obs = self._critic_input(batch.obs)
         # The critic is evaluated with detached parameters: dQ/da reaches the actor, nothing reaches the critic.
-        # RLPD (arXiv 2302.02948) uses the ensemble *mean* for the actor (the min is for the target only).
-        q = self.critic(obs, action, detach_params=True).mean(dim=0)
+        # RLPD (arXiv 2302.02948) uses the ensemble *mean* for the actor (the min is for the target only); SAC and
+        # Cal-QL the min (`policy_q`).
+        q = self._policy_value(self.critic(critic_obs, action, detach_params=True))
         loss = (self.alpha() * log_prob - q).mean()
         metrics = {
             "actor_loss": loss.detach(),
@@ -126,7 +182,8 @@ class SAC:
         return loss, metrics, log_prob
 
     def actor_loss(self, batch: TransitionBatch) -> tuple[Tensor, Metrics]:
-        """``E[alpha * log pi(a~|s) - mean_e Q_e(s, a~)]``, ``a~ ~ pi(.|s)`` reparameterised; only the actor gets grads.
+        """``E[alpha * log pi(a~|s) - mean_e Q_e(s, a~)]`` (``min_e`` with ``policy_q: min``), ``a~ ~ pi(.|s)``
+        reparameterised; only the actor (and its image encoder) gets grads.
 
         Alpha is detached here; the critic is evaluated with detached parameters.
         """
@@ -140,7 +197,7 @@ class SAC:
         """
         if isinstance(batch_or_log_prob, TransitionBatch):
             with torch.no_grad():
-                _, log_prob = self._sample_action(self._obs(batch_or_log_prob.obs))
+                _, log_prob = self._sample_action(self._actor_input(batch_or_log_prob.obs))
         else:
             log_prob = batch_or_log_prob.detach()
         loss = (-self.log_alpha * (log_prob + self.target_entropy)).mean()
@@ -150,10 +207,7 @@ class SAC:
 
     def update(self, batch: TransitionBatch) -> dict[str, Tensor]:
         """One critic, actor and temperature step, then Polyak-average the targets; detached 0-dim metrics."""
-        loss, critic_metrics = self.critic_loss(batch)
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_optim.step()
+        critic_metrics = self._critic_step(batch)
 
         loss, actor_metrics, log_prob = self._actor_objective(batch)
         self.actor_optim.zero_grad(set_to_none=True)
@@ -170,15 +224,27 @@ class SAC:
 
         return {**critic_metrics, **actor_metrics, **temperature_metrics, "alpha": self.alpha()}
 
+    def _critic_step(self, batch: TransitionBatch) -> dict[str, Tensor]:
+        """One optimiser step on :meth:`critic_loss` (subclasses add terms here)."""
+        loss, metrics = self.critic_loss(batch)
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optim.step()
+        return metrics
+
     # ------------------------------------------------------------------------------------------------ policy
 
     def policy_weights(self) -> Weights:
-        """The actor's ``state_dict`` as fresh CPU numpy arrays (what :meth:`GaussianPolicy.load_weights` takes)."""
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.actor.state_dict().items()}
+        """What the shipped policy loads, as fresh CPU numpy arrays: the actor's ``state_dict``, plus its image
+        encoder's under ``encoder.`` on the image path (never the critics)."""
+        state = dict(self.actor.state_dict())
+        if self.actor_encoder is not None:
+            state.update({f"encoder.{k}": v for k, v in self.actor_encoder.state_dict().items()})
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in state.items()}
 
-    def make_policy(self) -> GaussianPolicy:
-        """A CPU :class:`GaussianPolicy` holding the current actor weights."""
-        policy = GaussianPolicy(self.spec, self.cfg.hidden_dims)
+    def make_policy(self) -> Policy:
+        """A CPU policy (what actors run) holding the current actor weights."""
+        policy = make_policy(self.spec, self.cfg.hidden_dims, self.encoder_cfg)
         policy.load_weights(self.policy_weights())
         return policy
 
@@ -196,6 +262,10 @@ class SAC:
             "alpha_optim": self.alpha_optim.state_dict(),
             "generator": self.generator.get_state(),
         }
+        for name in ("actor_encoder", "critic_encoder", "target_critic_encoder"):
+            module = getattr(self, name)
+            if module is not None:
+                state[name] = module.state_dict()
         # Deep copy: module and optimiser state dicts alias live tensors, which later updates would change under a
         # checkpoint that is still being written (or held in memory).
         return copy.deepcopy(state)
@@ -210,6 +280,13 @@ class SAC:
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.target_critic.load_state_dict(state["target_critic"])
+        for name in ("actor_encoder", "critic_encoder", "target_critic_encoder"):
+            module = getattr(self, name)
+            if (module is None) != (name not in state):
+                raise ValueError(f"algorithm state: {name} is {'missing' if module is not None else 'unexpected'} "
+                                 "(image observations in one of the learner and the checkpoint but not the other)")
+            if module is not None:
+                module.load_state_dict(state[name])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.actor_optim.load_state_dict(state["actor_optim"])

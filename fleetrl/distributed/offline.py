@@ -1,0 +1,74 @@
+"""The ``offline`` Reverb table: offline datasets loaded as transitions, sampled beside ``online`` data.
+
+Items have the same signature as ``online`` (a two-step window over step rows, so the next observation is stored
+once). The table never evicts (loading more than its capacity is refused) and has no ratio limiter: offline data
+does not grow, so the update-to-data ratio is held on ``online`` alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import reverb
+
+from fleetrl.config import DatasetConfig
+from fleetrl.datasets.episode import DatasetError
+from fleetrl.datasets.sources import episode_rows, open_dataset
+from fleetrl.distributed.replay import EpisodeWriter, item_signature
+from fleetrl.types import TransitionSpec
+
+log = logging.getLogger(__name__)
+OFFLINE_TABLE = "offline"
+
+
+def offline_table(spec: TransitionSpec, capacity: int) -> reverb.Table:
+    """Table ``offline``: uniform sampling, sampleable once it holds one item, never full enough to evict."""
+    return reverb.Table(
+        name=OFFLINE_TABLE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+        max_size=capacity, rate_limiter=reverb.rate_limiters.MinSize(1), signature=item_signature(spec))
+
+
+def table_size(client: reverb.Client, table: str = OFFLINE_TABLE) -> int:
+    return int(client.server_info()[table].current_size)
+
+
+def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence[DatasetConfig], capacity: int,
+                 returns_fn: Callable[[np.ndarray, bool], np.ndarray]) -> dict[str, Any]:
+    """Insert every episode of ``datasets`` into table ``offline``; returns counts per dataset.
+
+    Each episode is checked against ``spec`` (keys, shapes, dtypes, finite values, actions in [-1, 1]) before any of
+    its steps is written; a bad one raises :class:`DatasetError` naming the dataset, the episode and the key. More
+    transitions than ``capacity`` raise too, before the episode that would overflow is written.
+    """
+    t0 = time.monotonic()
+    writer = EpisodeWriter(client, spec, table=OFFLINE_TABLE)
+    total = episodes = 0
+    per_dataset = []
+    try:
+        for d, source in enumerate(datasets):
+            n_eps = n_steps = n_success = 0
+            for i, episode in enumerate(open_dataset(source.path, source.format, source.obs_keys, source.split,
+                                                     source.max_episodes)):
+                where = f"offline.datasets[{d}] {source.path}: episode {i} ({episode.label})"
+                if total + episode.length > capacity:
+                    raise DatasetError(f"{where}: the offline datasets hold more than offline.capacity ({capacity}) "
+                                       "transitions; raise offline.capacity or load fewer episodes")
+                rows, padding = episode_rows(spec, episode, where, -(episodes + 1), returns_fn)
+                writer.write_episode(rows, padding)
+                n_eps, n_steps, n_success = n_eps + 1, n_steps + episode.length, n_success + episode.is_success
+                episodes, total = episodes + 1, total + episode.length
+            if n_eps == 0:
+                raise DatasetError(f"offline.datasets[{d}] {source.path}: holds no episodes")
+            per_dataset.append({"path": source.path, "episodes": n_eps, "transitions": n_steps,
+                                "success_rate": n_success / n_eps})
+        writer.flush()
+    finally:
+        writer.close()
+    summary = {"episodes": episodes, "transitions": total, "datasets": per_dataset,
+               "seconds": time.monotonic() - t0}
+    log.info("offline table: loaded %d transitions from %d episodes in %.1f s", total, episodes, summary["seconds"])
+    return summary
