@@ -95,7 +95,7 @@ def pretrain(
         summary = run_pretrain(plan)
     except DatasetError as exc:
         _fail(str(exc))
-    console.print_json(json.dumps(summary))
+    print(json.dumps(summary))  # stdout: machine-readable (also in RUN_DIR/pretrain_summary.json)
 
 
 @app.command("eval")

@@ -9,6 +9,8 @@ The layout is documented in ``docs/datasets.md``.
 Layout of the package: :mod:`~fleetrl.datasets.episode` holds the format constants, :class:`DatasetError` and
 :class:`Episode` with its validation; :mod:`~fleetrl.datasets.guarded_file` the file object the writer hands to
 HDF5; :mod:`~fleetrl.datasets.writer` :class:`EpisodeFileWriter`; :mod:`~fleetrl.datasets.reader` the readers.
+:mod:`~fleetrl.datasets.robomimic` and :mod:`~fleetrl.datasets.rlds` turn other formats (robomimic HDF5, RLDS/TFDS
+directories) into :class:`Episode` objects.
 Everything public is re-exported here: import from ``fleetrl.datasets``.
 """
 
@@ -26,6 +28,8 @@ from fleetrl.datasets.episode import (
     Episode,
 )
 from fleetrl.datasets.reader import dataset_info, load_episodes, read_episodes
+from fleetrl.datasets.rlds import read_rlds  # imports tensorflow_datasets only when called
+from fleetrl.datasets.robomimic import read_robomimic
 from fleetrl.datasets.writer import EpisodeFileWriter
 
 __all__ = [
@@ -44,4 +48,6 @@ __all__ = [
     "dataset_info",
     "load_episodes",
     "read_episodes",
+    "read_rlds",
+    "read_robomimic",
 ]

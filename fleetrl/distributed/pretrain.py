@@ -8,12 +8,14 @@ with a checkpoint of the updates made so far.
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import time
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from fleetrl.checkpoint import save_checkpoint
 from fleetrl.config import ConfigError, config_to_dict
@@ -43,7 +45,8 @@ def pretrain(plan: RunPlan, stop: Any = None) -> dict[str, Any]:
     spec = transition_spec(cfg.env)
     server = reverb.Server(tables=[offline_table(spec, cfg.offline.capacity)])
     address = f"localhost:{server.port}"
-    sink = MetricsSink(run_dir, cfg.logging, config_to_dict(cfg), run_name=run_dir.name)
+    # Progress goes to stderr: stdout carries only the JSON summary (`fleetrl pretrain | jq`, scripts).
+    sink = MetricsSink(run_dir, cfg.logging, config_to_dict(cfg), run_name=run_dir.name, console=Console(stderr=True))
     source = None
     try:
         loaded = load_offline(reverb.Client(address), spec, cfg.offline.datasets, cfg.offline.capacity,
@@ -94,4 +97,5 @@ def pretrain(plan: RunPlan, stop: Any = None) -> dict[str, Any]:
     if cfg.offline.pretrain_eval_episodes and not interrupted:
         result = evaluate(path, episodes=cfg.offline.pretrain_eval_episodes, seed=cfg.actors.seed + 10_000)
         summary.update(eval_success_rate=result["success_rate"], eval_return_mean=result["return_mean"])
+    (run_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
