@@ -211,6 +211,11 @@ class LearnerConfig:
     prefetch_batches: int = Field(4, ge=1)
     """Batches the background sampler keeps ready."""
     seed: int = 0
+    normalize_obs: bool = False
+    """Standardise the state vector (the float observation keys) with the offline datasets' per-dimension mean and
+    std, computed when they are loaded. Fixed for the run, saved with the learner and shipped in the policy's
+    weights, so actors normalise exactly as the learner does. Needs ``offline.datasets`` (or ``--init-from`` a
+    learner that has the statistics)."""
 
     def algo(self) -> SACConfig:
         """The hyperparameters of the chosen algorithm (``sac`` or ``cql``; gamma, networks, learning rates)."""
@@ -305,6 +310,9 @@ class TrainConfig:
             raise ValueError(
                 f"replay.min_size ({self.replay.min_size}) must be >= learner.batch_size ({self.learner.batch_size})"
             )
+        if self.learner.normalize_obs and not self.offline.datasets:
+            raise ValueError("learner.normalize_obs: the statistics come from offline.datasets; set some, or turn "
+                             "normalize_obs off")
         if self.offline.datasets:
             offline, online = split_batch(self.learner.batch_size, self.offline.ratio)
             if online == 0 or offline == 0:

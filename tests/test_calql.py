@@ -233,3 +233,26 @@ def test_returns_fn_uses_the_learner_reward_transform_and_failure_rule():
     fn = returns_fn(cfg)
     np.testing.assert_allclose(fn(np.zeros(3, np.float32), False), [-10.0, -10.0, -10.0])  # -5 / (1 - 0.5)
     np.testing.assert_allclose(fn(np.array([0.0, 1.0], np.float32), True), [-5 + 0.5 * 5, 5.0])
+
+
+def test_state_normalisation_is_saved_and_shipped_with_the_policy():
+    algo = CalQL(SPEC, CQLConfig(hidden_dims=(8,), num_actions=2), seed=0)
+    mean, std = np.array([0.5, -1.0], np.float32), np.array([2.0, 0.25], np.float32)
+    algo.set_obs_normalization(mean, std)
+    obs = {"state": np.array([1.5, -0.5], np.float32)}
+    with torch.no_grad():
+        want, _ = algo.actor.sample(torch.as_tensor((obs["state"] - mean) / std).unsqueeze(0), deterministic=True)
+    policy = algo.make_policy()
+    np.testing.assert_allclose(policy.act(obs, deterministic=True), want[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(policy.act_torch(obs, deterministic=True), want[0].numpy(), rtol=1e-5, atol=1e-6)
+    restored = CalQL(SPEC, CQLConfig(hidden_dims=(8,), num_actions=2), seed=5)
+    restored.load_state_dict(algo.state_dict())
+    torch.testing.assert_close(restored.obs_std, torch.as_tensor(std))
+    # Weights published before normalisation existed (no obs_norm keys) load as the identity.
+    old = {k: v for k, v in algo.policy_weights().items() if not k.startswith("obs_norm.")}
+    policy.load_weights(old)
+    with torch.no_grad():
+        plain, _ = algo.actor.sample(torch.as_tensor(obs["state"]).unsqueeze(0), deterministic=True)
+    np.testing.assert_allclose(policy.act(obs, deterministic=True), plain[0].numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="obs_norm.std"):
+        policy.load_weights({**algo.policy_weights(), "obs_norm.std": np.zeros(2, np.float32)})

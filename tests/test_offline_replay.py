@@ -65,6 +65,9 @@ def test_every_transition_is_loaded_with_its_mc_return_and_next_observation(data
         total = sum(e.length for e in episodes)
         assert summary["transitions"] == total == table_size(reverb.Client(address))
         assert summary["datasets"][0]["success_rate"] == pytest.approx(2 / 3)
+        states = np.concatenate([e.observations["state"][:-1] for e in episodes])  # the learner's state vector
+        np.testing.assert_allclose(summary["obs_stats"]["mean"], states.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(summary["obs_stats"]["std"], states.std(0), rtol=1e-4)
         cfg = config_from_dict({"learner": {"batch_size": 64}, "replay": {"min_size": 64}})
         source = make_batch_source(address, SPEC, cfg, "cpu", offline_only=True)
         try:

@@ -93,3 +93,20 @@ def test_a_dataset_of_another_env_is_refused_naming_episode_and_key(pretrained, 
 def test_pretrain_without_datasets_is_a_config_error(tmp_path):
     proc = _fleetrl("pretrain", f"run_root={tmp_path}")
     assert proc.returncode == 2 and "offline.datasets" in proc.stderr
+
+
+def test_image_observations_run_the_whole_offline_path(tmp_path):
+    """Camera frames from the dataset stay uint8 through Reverb, train the CNN encoders, and the evaluated policy
+    reads rendered frames (a small encoder and 32-pixel images keep it fast on CPU)."""
+    data = tmp_path / "reach_img.h5"
+    collect(ENV, 2, data, policy="scripted", noise=0.5, seed=0, image=True, image_size=32)
+    proc = _fleetrl("pretrain", *SMALL, f"run_root={tmp_path / 'runs'}", f"offline.datasets=[{{path: {data}}}]",
+                    "env.kwargs={image: true, image_size: 32}", "learner.encoder.channels=[8,16]",
+                    "learner.encoder.groups=4", "learner.encoder.out_dim=16", "offline.pretrain_updates=3",
+                    "offline.pretrain_eval_episodes=1", "replay.min_size=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    ckpt = torch.load(summary["checkpoint"], weights_only=False)
+    assert any(k.startswith("encoder.") for k in ckpt["policy"])  # the shipped policy carries its CNN
+    assert {"actor_encoder", "critic_encoder", "target_critic_encoder"} <= set(ckpt["algorithm"])
+    assert summary["learner_steps"] == 3 and "eval_success_rate" in summary

@@ -139,7 +139,8 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
     handles["store"] = store
     use_gpu = cfg.learner.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
     learner = LearnerWorker.options(num_gpus=1 if use_gpu else 0).remote(
-        cfg, spec, address, replay, store, str(run_dir), plan.counters, plan.init_state)
+        cfg, spec, address, replay, store, str(run_dir), plan.counters, plan.init_state,
+        (offline or {}).get("obs_stats"))
     handles["learner"] = learner
     factory = policy_factory_default(spec, cfg.learner)
     resumed = plan.init_state is not None

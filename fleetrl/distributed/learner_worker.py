@@ -19,11 +19,13 @@ class LearnerWorker:
     """Samples from the replay server, updates the algorithm, publishes versioned weights, checkpoints.
 
     ``counters`` continue a resumed run: ``learner_steps``, ``env_steps`` (stored in replay before this start) and
-    ``generation``. ``init_state`` is the algorithm state of the checkpoint being resumed, if any.
+    ``generation``. ``init_state`` is the algorithm state of the checkpoint being resumed, if any; ``obs_stats``
+    the offline data's state statistics (``learner.normalize_obs``).
     """
 
     def __init__(self, cfg: TrainConfig, spec: TransitionSpec, replay_address: str, replay: Any, weight_store: Any,
-                 run_dir: str, counters: dict[str, int], init_state: dict[str, Any] | None = None):
+                 run_dir: str, counters: dict[str, int], init_state: dict[str, Any] | None = None,
+                 obs_stats: dict[str, Any] | None = None):
         import torch
 
         from fleetrl.distributed.replay import limit_tf_threads
@@ -40,7 +42,9 @@ class LearnerWorker:
         self._ckpt_dir = pathlib.Path(run_dir) / "checkpoints"
         self.algo = build_algorithm(spec, cfg.learner, self.device,
                                     seed=cfg.learner.seed + counters.get("generation", 0))
-        if init_state is not None:
+        if cfg.learner.normalize_obs and obs_stats is not None:  # from the offline data the replay loaded
+            self.algo.set_obs_normalization(obs_stats["mean"], obs_stats["std"])
+        if init_state is not None:  # a resumed or --init-from learner brings its own statistics
             self.algo.load_state_dict(init_state)
         self.learner_steps = int(counters.get("learner_steps", 0))
         self._env_steps_base = int(counters.get("env_steps", 0))

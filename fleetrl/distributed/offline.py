@@ -36,6 +36,31 @@ def table_size(client: reverb.Client, table: str = OFFLINE_TABLE) -> int:
     return int(client.server_info()[table].current_size)
 
 
+class _StateStats:
+    """Per-dimension mean and std of the state vector (the float obs keys in the learner's order) over the
+    transitions loaded, for ``learner.normalize_obs``."""
+
+    def __init__(self, spec: TransitionSpec) -> None:
+        from fleetrl.learners.policy import policy_obs_keys
+
+        self.keys = policy_obs_keys(spec)
+        self.n, self.sum, self.sumsq = 0, 0.0, 0.0
+
+    def add(self, episode: Any) -> None:
+        x = np.concatenate([episode.observations[k][:-1].reshape(episode.length, -1) for k in self.keys], axis=1)
+        x = x.astype(np.float64)
+        self.n, self.sum, self.sumsq = self.n + len(x), self.sum + x.sum(0), self.sumsq + np.square(x).sum(0)
+
+    def result(self) -> dict[str, list[float]] | None:
+        if self.n == 0:
+            return None
+        mean = self.sum / self.n
+        # A constant dimension keeps std 1 (nothing to scale); others are floored so tiny noise is not blown up.
+        std = np.sqrt(np.maximum(self.sumsq / self.n - mean**2, 0.0))
+        std = np.where(std < 1e-6, 1.0, np.maximum(std, 1e-3))
+        return {"mean": mean.astype(np.float32).tolist(), "std": std.astype(np.float32).tolist()}
+
+
 def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence[DatasetConfig], capacity: int,
                  returns_fn: Callable[[np.ndarray, bool], np.ndarray]) -> dict[str, Any]:
     """Insert every episode of ``datasets`` into table ``offline``; returns counts per dataset.
@@ -46,6 +71,7 @@ def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence
     """
     t0 = time.monotonic()
     writer = EpisodeWriter(client, spec, table=OFFLINE_TABLE)
+    stats = _StateStats(spec)
     total = episodes = 0
     per_dataset = []
     try:
@@ -59,6 +85,7 @@ def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence
                                        "transitions; raise offline.capacity or load fewer episodes")
                 rows, padding = episode_rows(spec, episode, where, -(episodes + 1), returns_fn)
                 writer.write_episode(rows, padding)
+                stats.add(episode)
                 n_eps, n_steps, n_success = n_eps + 1, n_steps + episode.length, n_success + episode.is_success
                 episodes, total = episodes + 1, total + episode.length
             if n_eps == 0:
@@ -68,7 +95,7 @@ def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence
         writer.flush()
     finally:
         writer.close()
-    summary = {"episodes": episodes, "transitions": total, "datasets": per_dataset,
+    summary = {"episodes": episodes, "transitions": total, "datasets": per_dataset, "obs_stats": stats.result(),
                "seconds": time.monotonic() - t0}
     log.info("offline table: loaded %d transitions from %d episodes in %.1f s", total, episodes, summary["seconds"])
     return summary

@@ -53,6 +53,8 @@ def pretrain(plan: RunPlan, stop: Any = None) -> dict[str, Any]:
                               returns_fn(cfg.learner))
         log.warning("offline table: %d transitions from %d episodes", loaded["transitions"], loaded["episodes"])
         algo = build_algorithm(spec, cfg.learner, device)
+        if cfg.learner.normalize_obs and loaded["obs_stats"] is not None:
+            algo.set_obs_normalization(loaded["obs_stats"]["mean"], loaded["obs_stats"]["std"])
         if plan.init_state is not None:
             algo.load_state_dict(plan.init_state)
         source = make_batch_source(address, spec, cfg, device, offline_only=True)

@@ -48,6 +48,7 @@ class GaussianPolicy:
         self._generator = None if seed is None else torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         self._layers = self._numpy_layers()
+        self._norm = _identity_norm(policy_obs_dim(spec))
 
     def __deepcopy__(self, memo: dict) -> GaussianPolicy:
         """Copies share the exploration RNG: a copy loaded with new weights continues the noise stream instead of
@@ -75,6 +76,7 @@ class GaussianPolicy:
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """Action in ``(-1, 1)``, float32, shaped like ``spec.action``, for one observation without batch axis."""
         h = np.concatenate([np.asarray(obs[k], dtype=np.float32).ravel() for k in self.obs_keys])
+        h = (h - self._norm[0]) / self._norm[1]
         last = len(self._layers) - 1
         for i, (w_t, b) in enumerate(self._layers):
             h = h @ w_t + b
@@ -90,7 +92,8 @@ class GaussianPolicy:
     def act_torch(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """The same as :meth:`act` through the torch module (reference path)."""
         batch = {k: torch.as_tensor(np.asarray(obs[k], dtype=np.float32)).unsqueeze(0) for k in self.obs_keys}
-        action, _ = self.actor.sample(obs_vector(batch, self.obs_keys), deterministic, self._generator)
+        x = (obs_vector(batch, self.obs_keys) - torch.from_numpy(self._norm[0])) / torch.from_numpy(self._norm[1])
+        action, _ = self.actor.sample(x, deterministic, self._generator)
         return action[0].numpy().astype(np.float32, copy=False).reshape(self.spec.action.shape)
 
     def load_weights(self, weights: Weights) -> None:
@@ -99,7 +102,9 @@ class GaussianPolicy:
         Everything is validated before anything is copied, so a bad publish leaves the old weights intact.
         """
         own = self.actor.state_dict()
+        weights, norm = _split_norm(weights, policy_obs_dim(self.spec))
         _check_weights(own, weights)
+        self._norm = norm
         with torch.no_grad():
             for key, tensor in own.items():
                 # Published arrays may be read-only views of Ray's object store: copy through numpy.
@@ -128,6 +133,7 @@ class ImagePolicy:
         self.actor = TanhGaussianActor(policy_obs_dim(spec) + encoder.out_dim, math.prod(spec.action.shape),
                                        hidden_dims).eval().requires_grad_(False)
         self._generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        self._norm = _identity_norm(policy_obs_dim(spec))
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {**self.actor.state_dict(), **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}}
@@ -136,17 +142,42 @@ class ImagePolicy:
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """Action in ``(-1, 1)`` for one observation without batch axis."""
         batch = {k: torch.as_tensor(np.asarray(obs[k])).unsqueeze(0) for k in (*self.obs_keys, *self.encoder.keys)}
-        x = torch.cat([obs_vector(batch, self.obs_keys), self.encoder(batch, augment=False)], dim=-1)
+        state = (obs_vector(batch, self.obs_keys) - torch.from_numpy(self._norm[0])) / torch.from_numpy(self._norm[1])
+        x = torch.cat([state, self.encoder(batch, augment=False)], dim=-1)
         action, _ = self.actor.sample(x, deterministic, self._generator)
         return action[0].numpy().astype(np.float32, copy=False).reshape(self.spec.action.shape)
 
     def load_weights(self, weights: Weights) -> None:
         """Strict on names and shapes; validated before anything is copied."""
         own = self._state_dict()
+        weights, norm = _split_norm(weights, policy_obs_dim(self.spec))
         _check_weights(own, weights)
+        self._norm = norm
         with torch.no_grad():
             for key, tensor in own.items():
                 tensor.copy_(torch.as_tensor(np.array(weights[key])))
+
+
+NORM_KEYS = ("obs_norm.mean", "obs_norm.std")
+
+
+def _identity_norm(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(dim, np.float32), np.ones(dim, np.float32)
+
+
+def _split_norm(weights: Weights, dim: int) -> tuple[Weights, tuple[np.ndarray, np.ndarray]]:
+    """Separate the state normalisation (``obs_norm.mean`` / ``obs_norm.std``; identity when absent, as in weights
+    published before normalisation existed) from the network weights; validated like them."""
+    rest = {k: v for k, v in weights.items() if k not in NORM_KEYS}
+    if not any(k in weights for k in NORM_KEYS):
+        return rest, _identity_norm(dim)
+    for key in NORM_KEYS:
+        if key not in weights or tuple(np.shape(weights[key])) != (dim,):
+            raise ValueError(f"policy weights: {key!r} must be present with shape ({dim},)")
+    mean, std = (np.array(weights[k], np.float32) for k in NORM_KEYS)
+    if not (std > 0).all():
+        raise ValueError("policy weights: 'obs_norm.std' must be > 0")
+    return rest, (mean, std)
 
 
 def _check_weights(own: Mapping[str, torch.Tensor], weights: Weights) -> None:

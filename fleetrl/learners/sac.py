@@ -73,6 +73,10 @@ class SAC:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
+        # State-vector standardisation (learner.normalize_obs); identity until set_obs_normalization.
+        self.obs_mean = torch.zeros(obs_dim, device=self.device)
+        self.obs_std = torch.ones(obs_dim, device=self.device)
+
         self._target_params = list(self.target_critic.parameters())
         self._online_params = list(self.critic.parameters())
         if self.target_critic_encoder is not None and self.critic_encoder is not None:
@@ -94,7 +98,16 @@ class SAC:
         return self.log_alpha.detach().exp()
 
     def _obs(self, obs: dict[str, Tensor]) -> Tensor:
-        return obs_vector(obs, self.obs_keys)
+        return (obs_vector(obs, self.obs_keys) - self.obs_mean) / self.obs_std
+
+    def set_obs_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise the state vector (``obs_keys`` concatenated) with these statistics from now on."""
+        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        if mean.shape != tuple(self.obs_mean.shape) or std.shape != mean.shape or not (std > 0).all():
+            raise ValueError(f"obs normalisation: need mean and std of shape {tuple(self.obs_mean.shape)} with "
+                             f"std > 0, got {mean.shape} and {std.shape}")
+        self.obs_mean = torch.as_tensor(mean, device=self.device)
+        self.obs_std = torch.as_tensor(std, device=self.device)
 
     def _with_images(self, obs: dict[str, Tensor], encoder: torch.nn.Module | None) -> Tensor:
         """State vector, followed by the encoder's image features (random-shifted: this is a training pass)."""
@@ -238,6 +251,7 @@ class SAC:
         """What the shipped policy loads, as fresh CPU numpy arrays: the actor's ``state_dict``, plus its image
         encoder's under ``encoder.`` on the image path (never the critics)."""
         state = dict(self.actor.state_dict())
+        state.update({"obs_norm.mean": self.obs_mean, "obs_norm.std": self.obs_std})
         if self.actor_encoder is not None:
             state.update({f"encoder.{k}": v for k, v in self.actor_encoder.state_dict().items()})
         return {k: v.detach().to("cpu", copy=True).numpy() for k, v in state.items()}
@@ -261,6 +275,7 @@ class SAC:
             "critic_optim": self.critic_optim.state_dict(),
             "alpha_optim": self.alpha_optim.state_dict(),
             "generator": self.generator.get_state(),
+            "obs_norm": {"mean": self.obs_mean, "std": self.obs_std},
         }
         for name in ("actor_encoder", "critic_encoder", "target_critic_encoder"):
             module = getattr(self, name)
@@ -287,6 +302,8 @@ class SAC:
                                  "(image observations in one of the learner and the checkpoint but not the other)")
             if module is not None:
                 module.load_state_dict(state[name])
+        if "obs_norm" in state:  # absent in checkpoints from before normalisation existed: identity
+            self.set_obs_normalization(state["obs_norm"]["mean"].cpu().numpy(), state["obs_norm"]["std"].cpu().numpy())
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.actor_optim.load_state_dict(state["actor_optim"])
