@@ -75,6 +75,8 @@ def pretrain(
     config: Annotated[pathlib.Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
 ) -> None:
     """Train on the offline datasets only (offline.*) and write a checkpoint for `fleetrl train --init-from`."""
+    import shutil
+
     from fleetrl.datasets import DatasetError
     from fleetrl.envs.gym_adapter import transition_spec
     from fleetrl.runs import new_run
@@ -94,6 +96,8 @@ def pretrain(
     try:
         summary = run_pretrain(plan)
     except DatasetError as exc:
+        if not (plan.run_dir / "checkpoints").exists():  # refused before any update: leave no half-made run
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
         _fail(str(exc))
     print(json.dumps(summary))  # stdout: machine-readable (also in RUN_DIR/pretrain_summary.json)
 

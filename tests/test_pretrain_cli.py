@@ -90,6 +90,15 @@ def test_a_dataset_of_another_env_is_refused_naming_episode_and_key(pretrained, 
     assert "Traceback" not in proc.stderr
 
 
+def test_pretrain_refuses_a_bad_dataset_naming_it_and_leaves_no_run(pretrained, tmp_path):
+    _, data, _ = pretrained
+    proc = _fleetrl("pretrain", "env.id=InvertedPendulum-v5", "learner.batch_size=32", "replay.min_size=32",
+                    f"run_root={tmp_path}", f"offline.datasets=[{{path: {data}}}]", "logging.wandb=false")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "episode 0" in proc.stderr and "observations/state" in proc.stderr, proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_pretrain_without_datasets_is_a_config_error(tmp_path):
     proc = _fleetrl("pretrain", f"run_root={tmp_path}")
     assert proc.returncode == 2 and "offline.datasets" in proc.stderr

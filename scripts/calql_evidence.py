@@ -1,0 +1,192 @@
+"""Offline-to-online evidence on the simulated WidowX suite: Cal-QL vs CQL vs RLPD-style SAC, several seeds.
+
+Every run goes through the command line a user would type, with real Ray actors and real Reverb:
+
+1. ``fleetrl collect`` a mixed-quality dataset from the noisy scripted expert (once).
+2. Cal-QL and CQL: ``fleetrl pretrain`` (offline only; the pretrained policy is evaluated), then
+   ``fleetrl train --init-from`` (online fine-tuning with the actor fleet, batches 50/50 offline/online).
+3. RLPD-style SAC (10 LayerNorm critics, 2-of-10 targets): ``fleetrl train`` from scratch with the same offline data
+   mixed 50/50 into every batch.
+
+Success vs env steps comes from each run's ``metrics.jsonl`` (the success rate of the episodes the actors finished
+in each logging interval, stochastic policy). ``--plot`` turns the runs into ``docs/results/`` figures and a table.
+
+    python scripts/calql_evidence.py --out runs/evidence --seeds 0 1 2 [--jobs 2]
+    python scripts/calql_evidence.py --out runs/evidence --plot docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "widowx_calql_evidence.yaml"
+ALGOS = ("calql", "cql", "rlpd")
+
+
+def fleetrl(*args: str, log: pathlib.Path) -> str:
+    env = dict(os.environ, WANDB_MODE="disabled", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    with log.open("a") as fh:
+        proc = subprocess.run([sys.executable, "-m", "fleetrl.cli", *args], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=fh)
+        fh.write(proc.stdout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fleetrl {' '.join(args[:1])} failed ({proc.returncode}); see {log}")
+    return proc.stdout
+
+
+def one_run(out: pathlib.Path, dataset: pathlib.Path, algo: str, seed: int, overrides: list[str]) -> dict:
+    """Pretrain (Cal-QL, CQL) and fine-tune one seed; returns where everything went and the offline eval."""
+    root = out / f"{algo}-s{seed}"
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "log.txt"
+    common = ["-c", str(CONFIG), f"run_root={root}", f"offline.datasets=[{{path: {dataset}}}]",
+              f"learner.seed={seed}", f"actors.seed={seed * 7919}", *overrides]
+    record: dict = {"algo": algo, "seed": seed}
+    t0 = time.monotonic()
+    if algo in ("calql", "cql"):
+        pretrain_dir = finished_pretrain(root)
+        if pretrain_dir is None:
+            summary = json.loads(fleetrl("pretrain", *common, f"learner.algorithm={algo}", "name=pretrain", log=log))
+            pretrain_dir = pathlib.Path(summary["run_dir"])
+        summary_file = pretrain_dir / "pretrain_summary.json"
+        if summary_file.exists():
+            record["offline_eval_success"] = json.loads(summary_file.read_text()).get("eval_success_rate")
+        else:  # a pretraining run from before the summary file existed: evaluate it the same way
+            result = json.loads(fleetrl("eval", "--checkpoint", str(pretrain_dir), "--episodes", "20", "--seed",
+                                        str(seed * 7919 + 10_000), log=log))
+            record["offline_eval_success"] = result["success_rate"]
+        record["pretrain_dir"] = str(pretrain_dir)
+        for stale in root.glob("online-*"):  # an online run cut short by an earlier attempt
+            shutil.rmtree(stale)
+        fleetrl("train", *common, f"learner.algorithm={algo}", "name=online", "--init-from", str(pretrain_dir),
+                log=log)
+    else:
+        for stale in root.glob("online-*"):
+            shutil.rmtree(stale)
+        fleetrl("train", *common, "learner.algorithm=sac", "name=online", "actors.random_steps=1000",
+                "learner.sac.num_critics=10", "learner.sac.critic_subsample=2", "learner.sac.critic_layer_norm=true",
+                log=log)
+    (online,) = [p for p in root.iterdir() if p.name.startswith("online-")]
+    record["online_dir"] = str(online)
+    record["seconds"] = time.monotonic() - t0
+    (root / "record.json").write_text(json.dumps(record))
+    return record
+
+
+def finished_pretrain(root: pathlib.Path) -> pathlib.Path | None:
+    """A pretraining run under ``root`` whose last checkpoint holds every configured update, if any."""
+    import yaml
+
+    want = yaml.safe_load(CONFIG.read_text())["offline"]["pretrain_updates"]
+    for run in sorted(root.glob("pretrain-*")):
+        latest = run / "checkpoints" / "latest.json"
+        if latest.exists() and json.loads(latest.read_text())["learner_steps"] >= want:
+            return run
+    return None
+
+
+def run_all(args: argparse.Namespace) -> None:
+    out = pathlib.Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = out / "dataset.h5"
+    if not dataset.exists():
+        fleetrl("collect", "--env", args.env, "--episodes", str(args.episodes), "--noise", str(args.noise),
+                "--seed", "1000", "--out", str(dataset), log=out / "collect.txt")
+    jobs = [(algo, seed) for seed in args.seeds for algo in ALGOS if not (out / f"{algo}-s{seed}" / "record.json")
+            .exists()]
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(one_run, out, dataset, a, s, [f"env.id={args.env}", *args.set]): (a, s)
+                   for a, s in jobs}
+        for fut in concurrent.futures.as_completed(futures):
+            print(futures[fut], fut.result() if fut.exception() is None else fut.exception(), flush=True)
+
+
+def curves(record: dict, bin_steps: int) -> tuple[list[int], list[float]]:
+    """Success rate of the episodes finished in each ``bin_steps`` window of env steps."""
+    rows = [json.loads(x) for x in (pathlib.Path(record["online_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    bins: dict[int, list[float]] = {}
+    prev_eps = 0
+    for r in rows:
+        eps = r.get("episodes", 0)
+        if eps > prev_eps and r.get("success_rate") is not None:
+            bins.setdefault(int(r["env_steps"]) // bin_steps, []).extend([r["success_rate"]] * (eps - prev_eps))
+        prev_eps = eps
+    xs = sorted(bins)
+    return [(x + 1) * bin_steps for x in xs], [sum(bins[x]) / len(bins[x]) for x in xs]
+
+
+def plot(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out, dest = pathlib.Path(args.out), pathlib.Path(args.plot)
+    dest.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in sorted(out.glob("*/record.json")):
+        record = json.loads(path.read_text())
+        if "final_eval_success" not in record:  # the fine-tuned policy, deterministic, on unseen seeds
+            result = json.loads(fleetrl("eval", "--checkpoint", record["online_dir"], "--episodes", "20", "--seed",
+                                        str(record["seed"] * 7919 + 20_000), log=path.parent / "log.txt"))
+            record["final_eval_success"] = result["success_rate"]
+            path.write_text(json.dumps(record))
+        records.append(record)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    table = []
+    for algo, color in zip(ALGOS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
+        mine = [r for r in records if r["algo"] == algo]
+        if not mine:
+            continue
+        per_seed = [curves(r, args.bin) for r in mine]
+        n = min(len(xs) for xs, _ in per_seed)
+        xs = per_seed[0][0][:n]
+        ys = np.array([y[:n] for _, y in per_seed])
+        ax.plot(xs, ys.mean(0), color=color, label=f"{algo} ({len(mine)} seeds)")
+        ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2)
+        offline = [r.get("offline_eval_success") for r in mine]
+        table.append({"algo": algo, "seeds": sorted(r["seed"] for r in mine),
+                      "offline_eval_success": offline if algo != "rlpd" else None,
+                      "final_eval_success": [r["final_eval_success"] for r in mine],
+                      "first_bin": [float(y[0]) for y in ys], "last_bin": [float(y[-1]) for y in ys],
+                      "mean_over_run": [float(y.mean()) for y in ys], "bin_env_steps": args.bin,
+                      "env_steps": int(xs[-1])})
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel("success rate (training episodes)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{args.env}: offline-to-online, mean and min-max over seeds")
+    fig.tight_layout()
+    fig.savefig(dest / "calql_widowx_online.png", dpi=120)
+    (dest / "calql_widowx.json").write_text(json.dumps(table, indent=1))
+    print(json.dumps(table, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--env", default="fleetrl/WidowXReach-v0")
+    parser.add_argument("--noise", type=float, default=1.4)
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run")
+    parser.add_argument("--plot", help="write figures and the table into this directory instead of running")
+    parser.add_argument("--bin", type=int, default=500, help="env steps per point of the success curve")
+    args = parser.parse_args()
+    plot(args) if args.plot else run_all(args)
+
+
+if __name__ == "__main__":
+    main()
