@@ -101,8 +101,8 @@ def run_all(args: argparse.Namespace) -> None:
     if not dataset.exists():
         fleetrl("collect", "--env", args.env, "--episodes", str(args.episodes), "--noise", str(args.noise),
                 "--seed", "1000", "--out", str(dataset), log=out / "collect.txt")
-    jobs = [(algo, seed) for seed in args.seeds for algo in ALGOS if not (out / f"{algo}-s{seed}" / "record.json")
-            .exists()]
+    jobs = [(algo, seed) for seed in args.seeds for algo in args.algos
+            if not (out / f"{algo}-s{seed}" / "record.json").exists()]
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(one_run, out, dataset, a, s, [f"env.id={args.env}", *args.set]): (a, s)
                    for a, s in jobs}
@@ -110,8 +110,12 @@ def run_all(args: argparse.Namespace) -> None:
             print(futures[fut], fut.result() if fut.exception() is None else fut.exception(), flush=True)
 
 
+MIN_EPISODES_PER_BIN = 5
+
+
 def curves(record: dict, bin_steps: int) -> tuple[list[int], list[float]]:
-    """Success rate of the episodes finished in each ``bin_steps`` window of env steps."""
+    """Success rate of the episodes finished in each ``bin_steps`` window of env steps (windows with fewer than
+    ``MIN_EPISODES_PER_BIN`` episodes, such as the run's tail, are left out)."""
     rows = [json.loads(x) for x in (pathlib.Path(record["online_dir"]) / "metrics.jsonl").read_text().splitlines()]
     bins: dict[int, list[float]] = {}
     prev_eps = 0
@@ -120,7 +124,7 @@ def curves(record: dict, bin_steps: int) -> tuple[list[int], list[float]]:
         if eps > prev_eps and r.get("success_rate") is not None:
             bins.setdefault(int(r["env_steps"]) // bin_steps, []).extend([r["success_rate"]] * (eps - prev_eps))
         prev_eps = eps
-    xs = sorted(bins)
+    xs = sorted(x for x in bins if len(bins[x]) >= MIN_EPISODES_PER_BIN)
     return [(x + 1) * bin_steps for x in xs], [sum(bins[x]) / len(bins[x]) for x in xs]
 
 
@@ -148,10 +152,9 @@ def plot(args: argparse.Namespace) -> None:
         mine = [r for r in records if r["algo"] == algo]
         if not mine:
             continue
-        per_seed = [curves(r, args.bin) for r in mine]
-        n = min(len(xs) for xs, _ in per_seed)
-        xs = per_seed[0][0][:n]
-        ys = np.array([y[:n] for _, y in per_seed])
+        per_seed = [dict(zip(*curves(r, args.bin), strict=True)) for r in mine]
+        xs = sorted(set.intersection(*(set(c) for c in per_seed)))  # bins every seed has
+        ys = np.array([[c[x] for x in xs] for c in per_seed])
         ax.plot(xs, ys.mean(0), color=color, label=f"{algo} ({len(mine)} seeds)")
         ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2)
         offline = [r.get("offline_eval_success") for r in mine]
@@ -166,10 +169,10 @@ def plot(args: argparse.Namespace) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{args.env}: offline-to-online, mean and min-max over seeds")
+    ax.set_title(f"{args.env.split('/')[-1]}: online fine-tuning (mean, min-max over seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(dest / "calql_widowx_online.png", dpi=120)
-    (dest / "calql_widowx.json").write_text(json.dumps(table, indent=1))
+    fig.savefig(dest / f"{args.name}_online.png", dpi=120)
+    (dest / f"{args.name}.json").write_text(json.dumps(table, indent=1))
     print(json.dumps(table, indent=1))
 
 
@@ -181,9 +184,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run")
     parser.add_argument("--plot", help="write figures and the table into this directory instead of running")
     parser.add_argument("--bin", type=int, default=500, help="env steps per point of the success curve")
+    parser.add_argument("--name", default="calql_widowx", help="file name stem of the figure and the table")
     args = parser.parse_args()
     plot(args) if args.plot else run_all(args)
 
