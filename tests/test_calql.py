@@ -163,10 +163,10 @@ def test_lagrange_multiplier_grows_while_the_gap_exceeds_its_target():
     cfg = CQLConfig(hidden_dims=(8,), num_actions=2, lagrange=True, target_gap=-1e3, alpha_prime_lr=0.1)
     algo = CalQL(SPEC, cfg, seed=0)
     assert algo.log_alpha_prime is not None
-    before = float(algo.log_alpha_prime)
+    before = float(algo.log_alpha_prime.detach())
     for i in range(3):
         metrics = algo.update(batch_of(8, seed=i))
-    assert float(algo.log_alpha_prime) > before  # gap far above -1000: alpha' rises
+    assert float(algo.log_alpha_prime.detach()) > before  # gap far above -1000: alpha' rises
     assert "cql_alpha_prime" in metrics and "alpha_prime_loss" in metrics
 
 
@@ -256,3 +256,20 @@ def test_state_normalisation_is_saved_and_shipped_with_the_policy():
     np.testing.assert_allclose(policy.act(obs, deterministic=True), plain[0].numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="obs_norm.std"):
         policy.load_weights({**algo.policy_weights(), "obs_norm.std": np.zeros(2, np.float32)})
+
+
+def test_the_backup_samples_next_actions_from_the_actors_view_of_the_next_state():
+    """On the image path the actor and the target critics read s' through different encoders; the next actions of
+    the backup must come from the actor's (a mix-up passes silently when both have the same feature size)."""
+    encoder = EncoderConfig(channels=(4,), groups=2, spatial_blocks=2, out_dim=3, shift_pad=0)
+    algo = CalQL(IMAGE_SPEC, CQLConfig(hidden_dims=(8,), num_actions=2), seed=0, encoder=encoder)
+    batch = batch_of(3, spec=IMAGE_SPEC)
+    seen: list[torch.Tensor] = []
+    sample = algo._sample_action
+    algo._sample_action = lambda x: (seen.append(x.detach().clone()), sample(x))[1]  # type: ignore[method-assign]
+    algo.critic_loss(batch)
+    with torch.no_grad():
+        actor_view = torch.cat([algo._obs(batch.next_obs), algo.actor_encoder(batch.next_obs)], dim=-1)
+        critic_view = torch.cat([algo._obs(batch.next_obs), algo.target_critic_encoder(batch.next_obs)], dim=-1)
+    assert not torch.allclose(actor_view, critic_view)
+    torch.testing.assert_close(seen[0], actor_view.repeat_interleave(2, dim=0))  # the backup's draw comes first

@@ -53,21 +53,24 @@ class CQL(SAC):
         """``[B, D] -> [B * N, D]``, each row ``N`` times in a row (row ``b * N + n``)."""
         return x.repeat_interleave(self.cfg.num_actions, dim=0)
 
-    def td_target(self, batch: TransitionBatch, next_obs: Tensor) -> Tensor:
-        """``y = r' + gamma * discount * V(s')`` with the max-target backup (or one sampled action without it)."""
+    def td_target(self, batch: TransitionBatch, next_obs: Tensor, actor_next_obs: Tensor) -> Tensor:
+        """``y = r' + gamma * discount * V(s')`` with the max-target backup (or one sampled action without it).
+
+        ``next_obs`` is the target critics' view of s', ``actor_next_obs`` the actor's (they differ on the image
+        path, where each has its own encoder)."""
         cfg, n = self.cfg, self.cfg.num_actions
         b = next_obs.shape[0]
         with torch.no_grad():
             if cfg.max_target_backup:
-                rep = self._repeat(next_obs)
-                next_action, next_logp = self._sample_action(rep)
-                tq = self.target_critic(rep, next_action, members=self._target_members()).view(-1, b, n)
+                next_action, next_logp = self._sample_action(self._repeat(actor_next_obs))
+                tq = self.target_critic(self._repeat(next_obs), next_action,
+                                        members=self._target_members()).view(-1, b, n)
                 next_q = max_target_backup(tq)
                 if cfg.backup_entropy:  # entropy of the action the max picked
                     best = tq.min(dim=0).values.argmax(dim=-1, keepdim=True)
                     next_q = next_q - self.alpha() * next_logp.view(b, n).gather(1, best).squeeze(1)
             else:
-                next_action, next_logp = self._sample_action(next_obs)
+                next_action, next_logp = self._sample_action(actor_next_obs)
                 next_q = self.target_critic(next_obs, next_action, members=self._target_members()).min(dim=0).values
                 if cfg.backup_entropy:
                     next_q = next_q - self.alpha() * next_logp
@@ -81,11 +84,12 @@ class CQL(SAC):
     def _critic_objective(self, batch: TransitionBatch) -> tuple[Tensor, Metrics, Tensor | None]:
         cfg, n = self.cfg, self.cfg.num_actions
         obs, next_obs = self._critic_input(batch.obs), self._critic_input(batch.next_obs, target=True)
-        actor_obs, actor_next_obs = self._actor_input(batch.obs), self._actor_input(batch.next_obs)
+        with torch.no_grad():  # the actor only samples here: no gradient reaches it from the critic loss
+            actor_obs, actor_next_obs = self._actor_input(batch.obs), self._actor_input(batch.next_obs)
         b = obs.shape[0]
-        target_q = self.td_target(batch, next_obs)
+        target_q = self.td_target(batch, next_obs, actor_next_obs)
 
-        with torch.no_grad():  # the regulariser's actions: no gradient reaches the actor from the critic loss
+        with torch.no_grad():  # the regulariser's actions
             uniform = torch.rand((b * n, self.action_dim), generator=self.generator, device=self.device) * 2 - 1
             pi_action, pi_logp = self._sample_action(self._repeat(actor_obs))
             next_pi_action, next_pi_logp = self._sample_action(self._repeat(actor_next_obs))
