@@ -330,3 +330,23 @@ def test_generator_state_from_another_device_type_is_accepted():
         torch.testing.assert_close(other.actor.state_dict()[name], tensor)
     fresh = SAC(spec, SACConfig(hidden_dims=(16,)), seed=1)
     assert not torch.equal(other.generator.get_state(), fresh.generator.get_state())  # reseeded from the state
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_critic_ensemble_batched_and_per_member_paths_agree(layer_norm: bool) -> None:
+    """CPU runs the per-member path, GPUs the batched one: same values, same gradients, subsets included."""
+    torch.manual_seed(0)
+    ens = CriticEnsemble(5, 2, (16, 16), 4, layer_norm)
+    obs, act = torch.randn(7, 5), torch.randn(7, 2)
+    members = torch.tensor([3, 1])
+    results = {}
+    for batched in (True, False):
+        ens.batched = batched
+        ens.zero_grad()
+        q, q_sub = ens(obs, act), ens(obs, act, members=members)
+        (q.square().sum() + q_sub.sum()).backward()
+        results[batched] = (q.detach(), q_sub.detach(), [p.grad.clone() for p in ens.parameters()])
+    torch.testing.assert_close(results[True][0], results[False][0])
+    torch.testing.assert_close(results[True][1], results[False][1])
+    for g_batched, g_loop in zip(results[True][2], results[False][2], strict=True):
+        torch.testing.assert_close(g_batched, g_loop)

@@ -100,6 +100,8 @@ class CriticEnsemble(nn.Module):
         super().__init__()
         self.num_critics = num_critics
         self.layer_norm = layer_norm
+        self.batched: bool | None = None
+        """None: per-member matmuls on CPU, one batched matmul per layer elsewhere; True/False force one path."""
         dims = [obs_dim + action_dim, *hidden_dims, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -124,6 +126,11 @@ class CriticEnsemble(nn.Module):
         """
         x = torch.cat([obs_vec, action.to(obs_vec.dtype)], dim=-1)
         n = self.num_critics if members is None else members.numel()
+        if (x.device.type == "cpu") if self.batched is None else not self.batched:
+            # On CPU one addmm per member beats the batched matmul (bench_calql_learner: forward 30 % faster at
+            # 2 x 7680 rows); on GPU the batched form saves kernel launches.
+            index = range(n) if members is None else members.tolist()
+            return torch.stack([self._member(x, e, detach_params) for e in index])
         h = x.unsqueeze(0).expand(n, *x.shape)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -136,6 +143,22 @@ class CriticEnsemble(nn.Module):
             h = torch.baddbmm(params[1], h, params[0])
             if i < last:
                 if ln is not None:
+                    h = torch.addcmul(params[3], F.layer_norm(h, h.shape[-1:]), params[2])
+                h = F.relu(h)
+        return h.squeeze(-1)
+
+    def _member(self, x: Tensor, e: int, detach_params: bool) -> Tensor:
+        """Member ``e`` alone: ``x [B, D + A]`` -> ``Q [B]`` (the same arithmetic as the batched path)."""
+        h, last = x, len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            params = [w[e], b[e]]
+            if self.layer_norm and i < last:
+                params += [self.ln_scales[i][e], self.ln_shifts[i][e]]
+            if detach_params:
+                params = [p.detach() for p in params]
+            h = torch.addmm(params[1], h, params[0])
+            if i < last:
+                if len(params) == 4:
                     h = torch.addcmul(params[3], F.layer_norm(h, h.shape[-1:]), params[2])
                 h = F.relu(h)
         return h.squeeze(-1)
