@@ -134,7 +134,7 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
         raise DatasetError(str(getattr(exc, "cause", exc))) from None
     offline = ray.get(replay.offline_summary.remote())
     if offline is not None:
-        log.warning("offline table: %s", {k: v for k, v in offline.items() if k != "datasets"})
+        log.warning("offline table: %s", {k: v for k, v in offline.items() if k not in ("datasets", "obs_stats")})
     store = WeightStore.remote()
     handles["store"] = store
     use_gpu = cfg.learner.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
