@@ -21,3 +21,15 @@ def dict_spec() -> TransitionSpec:
     return TransitionSpec(obs={"state": ArraySpec((3,), np.dtype(np.float32)),
                                "image": ArraySpec((4, 4, 3), np.dtype(np.uint8))},
                           action=ArraySpec((2,), np.dtype(np.float32)))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine: extra intra-op threads only add sync cost (and spin badly when
+    the machine is busy). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,12 +21,7 @@ IMAGE_SPEC = TransitionSpec(obs={"state": ArraySpec((2,), F32), "image": ArraySp
 TINY_ENCODER = EncoderConfig(channels=(4,), groups=2, spatial_blocks=2, out_dim=3, shift_pad=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch_of(b: int, seed: int = 0, spec: TransitionSpec = SPEC, mc_return: torch.Tensor | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,13 +13,7 @@ from fleetrl.learners.encoders import ImageEncoder, MultiImageEncoder, random_sh
 SMALL = {"channels": (8, 16), "groups": 4, "num_spatial_blocks": 4, "out_dim": 32}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small convs on a shared machine: extra intra-op threads only add sync cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def uint8_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,13 +26,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """These nets are tiny: extra intra-op threads only add sync cost, and on a busy machine they spin badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_batch(batch_size: int = 64, seed: int = 0, discount: float | None = None) -> TransitionBatch:
