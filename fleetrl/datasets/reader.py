@@ -28,21 +28,26 @@ from fleetrl.datasets.episode import (
 )
 
 
+def open_hdf5(name: str, kind: str = "dataset file") -> h5py.File:
+    """Open ``name`` read-only; a missing file, a directory or a non-HDF5 file raises :class:`DatasetError`."""
+    if not os.path.exists(name):
+        raise DatasetError(f"{name}: no such file")
+    if os.path.isdir(name):
+        raise DatasetError(f"{name}: is a directory, not a {kind}")
+    try:
+        # Default locking on purpose: HDF5 refuses to open one file twice in a process with different locking flags,
+        # so anything else would clash with plain h5py users. (HDF5_USE_FILE_LOCKING=FALSE for lockless NFS.)
+        return h5py.File(name, "r")
+    except OSError as exc:
+        # h5py says "file signature not found" or "truncated file"; both mean the file is not a usable dataset.
+        raise DatasetError(f"{name}: not a readable HDF5 file (corrupt, truncated or another format): {exc}") from None
+
+
 @contextlib.contextmanager
 def _open(path: str | os.PathLike[str]) -> Iterator[tuple[h5py.File, dict[str, Any]]]:
     """Open a dataset file and check its header; yield the file and its root attrs as Python values."""
     name = str(path)
-    if not os.path.exists(name):
-        raise DatasetError(f"{name}: no such file")
-    if os.path.isdir(name):
-        raise DatasetError(f"{name}: is a directory, not a dataset file")
-    try:
-        # Default locking on purpose: HDF5 refuses to open one file twice in a process with different locking flags,
-        # so anything else would clash with plain h5py users. (HDF5_USE_FILE_LOCKING=FALSE for lockless NFS.)
-        h5 = h5py.File(name, "r")
-    except OSError as exc:
-        # h5py says "file signature not found" or "truncated file"; both mean the file is not a usable dataset.
-        raise DatasetError(f"{name}: not a readable HDF5 file (corrupt, truncated or another format): {exc}") from None
+    h5 = open_hdf5(name)
     with h5:
         try:
             attrs = {k: _py(v) for k, v in h5.attrs.items()}

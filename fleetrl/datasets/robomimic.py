@@ -126,14 +126,9 @@ def read_robomimic(path: str | os.PathLike[str], obs_keys: ObsKeys | None = None
 
 
 def _open(name: str) -> h5py.File:
-    if not os.path.exists(name):
-        raise DatasetError(f"{name}: no such file")
-    if os.path.isdir(name):
-        raise DatasetError(f"{name}: is a directory, not a robomimic HDF5 file")
-    try:
-        h5 = h5py.File(name, "r")
-    except OSError as exc:
-        raise DatasetError(f"{name}: not a readable HDF5 file (corrupt, truncated or another format): {exc}") from None
+    from fleetrl.datasets.reader import open_hdf5
+
+    h5 = open_hdf5(name, "robomimic HDF5 file")
     if not isinstance(h5.get("data"), h5py.Group):
         h5.close()
         raise DatasetError(f"{name}: not a robomimic dataset (no 'data' group)")
