@@ -18,6 +18,7 @@ The two classes differ only in the floor: :class:`CalQL` (calibrated) and :class
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -131,7 +132,8 @@ class CQL(SAC):
         state = super().state_dict()
         if self.log_alpha_prime is not None and self.alpha_prime_optim is not None:
             state["log_alpha_prime"] = self.log_alpha_prime.detach().clone()
-            state["alpha_prime_optim"] = self.alpha_prime_optim.state_dict()
+            # A copy, as in SAC.state_dict: the optimiser's moments are live tensors later steps would change.
+            state["alpha_prime_optim"] = copy.deepcopy(self.alpha_prime_optim.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -139,8 +141,6 @@ class CQL(SAC):
         if self.log_alpha_prime is not None and self.alpha_prime_optim is not None and "log_alpha_prime" in state:
             with torch.no_grad():
                 self.log_alpha_prime.copy_(state["log_alpha_prime"])
-            import copy
-
             self.alpha_prime_optim.load_state_dict(copy.deepcopy(state["alpha_prime_optim"]))
 
 
