@@ -137,12 +137,6 @@ class TransitionBatch:
         return TransitionBatch(**fields)
 
 
-def discounted_returns(rewards: np.ndarray, terminated_last: bool, gamma: float) -> np.ndarray:
-    """Plain return-to-go ``G_t = r_t + gamma * G_{t+1}``, 0 beyond the end: :func:`monte_carlo_returns` without a
-    reward transform or sparse-failure rule."""
-    return monte_carlo_returns(rewards, terminated_last, gamma)
-
-
 def monte_carlo_returns(rewards: np.ndarray, terminated_last: bool, gamma: float, reward_scale: float = 1.0,
                         reward_bias: float = 0.0, sparse_negative: float | None = None) -> np.ndarray:
     """Cal-QL's Monte-Carlo return-to-go of one finished episode, on the transformed rewards ``r * scale + bias``.

@@ -10,7 +10,7 @@ from fleetrl.actors.env_loop import EnvLoop, episode_id_for
 from fleetrl.config import EnvConfig
 from fleetrl.envs.gym_adapter import make_env
 from fleetrl.testing import ConstantPolicy
-from fleetrl.types import TransitionSpec, discounted_returns
+from fleetrl.types import TransitionSpec, monte_carlo_returns
 
 
 class CountingEnv(gym.Env):
@@ -43,8 +43,8 @@ class ListSink:
         return True
 
 
-def test_discounted_returns():
-    np.testing.assert_allclose(discounted_returns(np.array([1.0, 0.0, 2.0]), True, 0.5), [1.5, 1.0, 2.0])
+def test_plain_discounted_returns():
+    np.testing.assert_allclose(monte_carlo_returns(np.array([1.0, 0.0, 2.0]), True, 0.5), [1.5, 1.0, 2.0])
 
 
 @pytest.mark.parametrize("truncate", [False, True])
