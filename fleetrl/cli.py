@@ -1,4 +1,4 @@
-"""``fleetrl`` command line: train, pretrain, eval, envs, collect, view."""
+"""``fleetrl`` command line: train, pretrain, eval, envs, collect, view, status."""
 
 from __future__ import annotations
 
@@ -203,6 +203,39 @@ def view(
     except RolloutError as exc:
         _fail(str(exc))
     print(json.dumps(summary))
+
+
+@app.command()
+def status(
+    run: Annotated[str, typer.Option(help="Run name (its newest run), run directory name under --run-root, or path.")],
+    run_root: Annotated[pathlib.Path, typer.Option(help="Where runs live (config run_root).")] = pathlib.Path("runs"),
+    once: Annotated[bool, typer.Option("--once", help="Print the status once and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status JSON on stdout and exit.")] = False,
+) -> None:
+    """Show a run's actors, replay tables and learner: live in a terminal (refreshed every second until Ctrl-C),
+    printed once when piped or with --once."""
+    import os
+    import time
+
+    from fleetrl.status_view import StatusError, find_run, read_status, read_status_text, render, watch
+
+    try:
+        run_dir = find_run(run, run_root)
+        if as_json:
+            sys.stdout.write(read_status_text(run_dir).rstrip("\n") + "\n")
+            return
+        out = Console()
+        if not out.is_terminal and "COLUMNS" not in os.environ:
+            out = Console(width=160)  # piped or captured: 80 columns would fold the actor table's 13 columns
+        if once or not out.is_terminal:  # a live view needs a terminal; elsewhere it would print nothing until Ctrl-C
+            out.print(render(read_status(run_dir), time.time()))
+            return
+        try:
+            watch(run_dir, out)
+        except KeyboardInterrupt:
+            pass
+    except StatusError as exc:
+        _fail(str(exc))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -268,6 +268,51 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class NodeSelector:
+    """Which Ray nodes may run a component: every listed custom resource offered and every listed label equal."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources the component takes on its node (``ray start --resources '{"sim_slot": 8}'``)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Node labels that must match exactly (``ray start --labels fleetrl/role=head``)."""
+
+    @model_validator(mode="after")
+    def _positive(self) -> NodeSelector:
+        bad = [k for k, v in self.resources.items() if v <= 0 or k in ("CPU", "GPU", "memory")]
+        if bad:
+            raise ValueError(f"resources {bad}: custom resources need a positive amount; CPU and GPU are set by "
+                             "fleetrl (learner.device decides the GPU)")
+        return self
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PlacementConfig:
+    """Where each part of a run goes on a Ray cluster (one machine: everything matches the local node)."""
+
+    learner: NodeSelector = Field(default_factory=NodeSelector)
+    """The learner's node; the Reverb replay server and the weight store are pinned to the same node, so the
+    learner samples over loopback. A GPU is required too when ``learner.device`` is ``cuda``, or ``auto`` and the
+    cluster has one."""
+    sim_actors: NodeSelector = Field(default_factory=NodeSelector)
+    """Nodes that may run sim actors."""
+    spread_sim_actors: bool = True
+    """Spread sim actors over the matching nodes (Ray's SPREAD strategy) instead of packing them."""
+    wait_for_nodes_s: float = Field(60.0, ge=0)
+    """How long to wait for a node that matches ``learner`` (an autoscaler may still be starting it)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RecoveryConfig:
+    """What the run does when one of its processes dies."""
+
+    max_restarts: int = Field(10, ge=0)
+    """Restarts allowed per component (each actor, the learner, the replay server) before the run fails."""
+    probe_after_s: float = Field(3.0, gt=0)
+    """A writer or sampler that has waited this long asks the replay server whether it still answers (a rate
+    limiter that holds it back looks the same until then)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class LoggingConfig:
     """Progress display and metric sinks."""
 
@@ -298,6 +343,8 @@ class TrainConfig:
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

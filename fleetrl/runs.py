@@ -14,7 +14,8 @@ from fleetrl.config import ConfigError, TrainConfig, apply_overrides, config_fro
 
 CONFIG_FILE = "config.yaml"
 #: Keys a resumed run may change; everything else must equal the saved config.
-RESUMABLE_KEYS = ("name", "run_root", "total_env_steps", "max_wall_s", "actors.num_sim", "logging")
+RESUMABLE_KEYS = ("name", "run_root", "total_env_steps", "max_wall_s", "actors.num_sim", "logging", "placement",
+                  "recovery")
 
 
 @dataclasses.dataclass
@@ -53,7 +54,8 @@ def config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
 def new_run(cfg: TrainConfig) -> RunPlan:
     """A fresh run directory ``run_root/name-YYYYmmdd-HHMMSS`` with the config written into it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = pathlib.Path(cfg.run_root) / f"{cfg.name}-{stamp}"
+    # Absolute: Ray workers (replay, learner) start in another working directory than the driver.
+    run_dir = pathlib.Path(cfg.run_root).resolve() / f"{cfg.name}-{stamp}"
     n = 1
     while run_dir.exists():
         n += 1
@@ -74,7 +76,7 @@ def resume_run(run_dir: str | pathlib.Path, config_path: str | pathlib.Path | No
                overrides: list[str] | None = None) -> RunPlan:
     """Check ``run_dir`` and its newest checkpoint. Overrides apply on top of the saved config (or of
     ``config_path`` if given); the result may differ from the saved config only in :data:`RESUMABLE_KEYS`."""
-    run_dir = pathlib.Path(run_dir)
+    run_dir = pathlib.Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: no such run directory")
     saved = saved_config(run_dir)

@@ -39,10 +39,14 @@ class EpisodeStats:
     policy_versions: tuple[int, int]
     """Lowest and highest policy version used in the episode."""
     seconds: float
+    interventions: int = 0
+    """Steps whose action a person chose (``is_intervention``)."""
 
 
 def episode_id_for(generation: int, actor_id: int, index: int) -> int:
     """Unique episode id across actors and resumed runs: generation, actor and per-actor index packed in 63 bits."""
+    if not (0 <= index < 1 << 28 and 0 <= actor_id < 1 << 16 and 0 <= generation < 1 << 19):
+        raise ValueError(f"episode id out of range: generation {generation}, actor {actor_id}, index {index}")
     return (generation << 44) | (actor_id << 28) | index
 
 
@@ -52,7 +56,7 @@ class EnvLoop:
     def __init__(self, env: Any, spec: TransitionSpec, policy: PolicyProvider, sink: EpisodeSink, *, actor_id: int,
                  gamma: float, seed: int, random_steps: int = 0, generation: int = 0,
                  max_steps_per_s: float | None = None,
-                 returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None):
+                 returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None, first_episode_index: int = 0):
         self.env, self.spec, self._policy, self._sink = env, spec, policy, sink
         self.actor_id, self.gamma, self.generation = actor_id, gamma, generation
         # mc_return of every transition, computed once the episode is over (Cal-QL's floor; the learner's reward
@@ -65,6 +69,12 @@ class EnvLoop:
         self.env.action_space.seed(seed)
         self.total_steps = 0
         self.episodes = 0
+        # Episode ids continue past a crashed predecessor's (the supervisor gives a restarted actor a new range).
+        self._first_index = first_episode_index
+
+    def set_sink(self, sink: EpisodeSink) -> None:
+        """Write the following episodes to ``sink`` (a new writer after the replay server was restarted)."""
+        self._sink = sink
 
     def _choose(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
         version, policy = self._policy()
@@ -81,7 +91,7 @@ class EnvLoop:
     def run_episode(self, should_stop: Callable[[], bool] = lambda: False) -> EpisodeStats | None:
         """One episode; returns its stats, or None if a stop request cut it short (nothing is written then)."""
         t0 = time.perf_counter()
-        episode_id = episode_id_for(self.generation, self.actor_id, self.episodes)
+        episode_id = episode_id_for(self.generation, self.actor_id, self._first_index + self.episodes)
         # Seed only the first reset: later resets continue the env's RNG, so starts differ but runs repeat.
         obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
         rows: list[dict[str, Any]] = []
@@ -110,4 +120,5 @@ class EnvLoop:
         self.episodes += 1
         return EpisodeStats(episode_id=episode_id, length=len(rows), ret=float(np.sum(rewards)),
                             success=bool(info.get("success", False)), terminated=terminated, written=written,
-                            policy_versions=(min(versions), max(versions)), seconds=time.perf_counter() - t0)
+                            policy_versions=(min(versions), max(versions)), seconds=time.perf_counter() - t0,
+                            interventions=int(sum(bool(r["is_intervention"]) for r in rows)))

@@ -1,4 +1,5 @@
-"""Starts a run on Ray: replay server, weight store, learner, sim actors; reports progress; shuts down cleanly."""
+"""Starts a run on Ray (the fleet of :mod:`fleetrl.distributed.supervisor`), watches and restarts its processes,
+reports progress and ``status.json``, and shuts down cleanly."""
 
 from __future__ import annotations
 
@@ -7,23 +8,19 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
 from fleetrl.config import TrainConfig, config_to_dict
-from fleetrl.datasets.episode import DatasetError
-from fleetrl.distributed.learner_worker import LearnerWorker
-from fleetrl.distributed.replay_server import ReplayServer
-from fleetrl.distributed.sim_actor import SimActor
-from fleetrl.distributed.weights import WeightStore, policy_factory_default
+from fleetrl.distributed.status_report import StatusReporter
+from fleetrl.distributed.supervisor import Fleet
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.progress import MetricsSink
 from fleetrl.runs import RunPlan
-from fleetrl.types import TransitionSpec
 
 log = logging.getLogger(__name__)
-_STATS_TIMEOUT_S = 60.0
 
 
 def _init_ray(cfg: TrainConfig, address: str | None) -> bool:
@@ -104,51 +101,40 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
     }
 
 
-def train(plan: RunPlan, address: str | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run training until ``total_env_steps``, ``max_wall_s``, a signal or ``stop``; returns a summary."""
+def train(plan: RunPlan, address: str | None = None, stop: threading.Event | None = None,
+          on_start: Callable[[Fleet], None] | None = None) -> dict[str, Any]:
+    """Run training until ``total_env_steps``, ``max_wall_s``, a signal or ``stop``; returns a summary.
+
+    ``on_start`` is called with the started :class:`Fleet` (fault-injection tests and benchmarks use it)."""
     cfg, run_dir = plan.cfg, plan.run_dir
     spec = transition_spec(cfg.env)
     owns_ray = _init_ray(cfg, address)
     sink = MetricsSink(run_dir, cfg.logging, config_to_dict(cfg), run_name=run_dir.name)
-    handles: dict[str, Any] = {}
+    fleet = Fleet(plan, spec)
+    reporter = StatusReporter(fleet, run_dir)
+    state, row = "failed", {}
     try:
         with _StopOnSignal() as signalled:
-            summary = _run(plan, spec, handles, sink, signalled.event, stop)
+            fleet.start()
+            if on_start is not None:
+                on_start(fleet)
+            summary, row = _run(fleet, plan, sink, reporter, signalled.event, stop)
+            state = "stopped"
     finally:
-        _shutdown(handles)
+        fleet.shutdown()
         sink.close()
+        try:
+            reporter.write(row, state)
+        except Exception:  # noqa: BLE001 - the status file is informational; never mask the run's own error
+            log.exception("could not write the final status")
         if owns_ray:
             ray.shutdown()
     return summary
 
 
-def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: MetricsSink,
-         signalled: threading.Event, stop: threading.Event | None) -> dict[str, Any]:
+def _run(fleet: Fleet, plan: RunPlan, sink: MetricsSink, reporter: StatusReporter, signalled: threading.Event,
+         stop: threading.Event | None) -> tuple[dict[str, Any], dict[str, Any]]:
     cfg, run_dir = plan.cfg, plan.run_dir
-    generation = plan.counters.get("generation", 0)
-    replay = ReplayServer.remote(spec, cfg, str(run_dir / "replay"))
-    handles["replay"] = replay
-    try:
-        address = ray.get(replay.address.remote())
-    except DatasetError as exc:  # the offline loader refused a dataset: the message names episode and key
-        raise DatasetError(str(getattr(exc, "cause", exc))) from None
-    offline = ray.get(replay.offline_summary.remote())
-    if offline is not None:
-        log.warning("offline table: %s", {k: v for k, v in offline.items() if k not in ("datasets", "obs_stats")})
-    store = WeightStore.remote()
-    handles["store"] = store
-    use_gpu = cfg.learner.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
-    learner = LearnerWorker.options(num_gpus=1 if use_gpu else 0).remote(
-        cfg, spec, address, replay, store, str(run_dir), plan.counters, plan.init_state,
-        (offline or {}).get("obs_stats"))
-    handles["learner"] = learner
-    factory = policy_factory_default(spec, cfg.learner)
-    resumed = plan.init_state is not None
-    actors = [SimActor.remote(i, cfg, spec, address, store, factory, generation, resumed)
-              for i in range(cfg.actors.num_sim)]
-    handles["actors"] = actors
-    handles["learner_run"] = learner.run.remote()
-    handles["actor_runs"] = [a.run.remote() for a in actors]
     t0 = time.monotonic()
     prev: dict[str, Any] = {}
     last_ep: dict[str, float] = {}
@@ -157,16 +143,13 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
         deadline = time.monotonic() + cfg.logging.interval_s
         while time.monotonic() < deadline and not signalled.is_set() and not (stop and stop.is_set()):
             time.sleep(0.05)
-        done, _ = ray.wait([handles["learner_run"], *handles["actor_runs"]], num_returns=1, timeout=0)
-        if done:
-            ray.get(done)  # raises the worker's error; _shutdown still runs
-            raise RuntimeError("a worker returned before it was asked to stop")
-        # Bounded waits: a hung worker shows up as an error here instead of a frozen driver.
-        actor_stats = ray.get([a.stats.remote() for a in actors], timeout=_STATS_TIMEOUT_S)
-        learner_stats = ray.get(learner.stats.remote(), timeout=_STATS_TIMEOUT_S)
-        replay_stats = ray.get(replay.stats.remote(), timeout=_STATS_TIMEOUT_S)
-        row = _row(t0, prev, actor_stats, learner_stats, replay_stats, plan, last_ep)
+        fleet.check()  # restarts whatever died; raises once a process has used up its restarts
+        stats = fleet.poll()
+        if stats["learner"] is None or stats["replay"] is None:
+            continue
+        row = _row(t0, prev, stats["actors"], stats["learner"], stats["replay"], plan, last_ep)
         sink.write({k: v for k, v in row.items() if not k.startswith("_")})
+        reporter.write(row)
         prev = row
         if signalled.is_set() or (stop and stop.is_set()):
             reason = "stop requested"
@@ -176,35 +159,10 @@ def _run(plan: RunPlan, spec: TransitionSpec, handles: dict[str, Any], sink: Met
         if cfg.max_wall_s is not None and row["time_s"] >= cfg.max_wall_s:
             reason = "max_wall_s"
             break
-    final = _stop_workers(handles)
-    return {"reason": reason, "run_dir": str(run_dir), "env_steps": prev.get("env_steps"),
-            "learner_steps": final["learner_steps"], "last_checkpoint": final["last_checkpoint"],
-            "episode_return": prev.get("episode_return"), "success_rate": prev.get("success_rate")}
-
-
-def _stop_workers(handles: dict[str, Any]) -> dict[str, Any]:
-    """Actors first (they may be blocked on the rate limiter), then the learner, whose run ends in a checkpoint."""
-    for a in handles.get("actors", []):
-        a.stop.remote()
-    ray.wait(handles.get("actor_runs", []), num_returns=len(handles.get("actor_runs", [])), timeout=60)
-    handles["learner"].stop.remote()
-    final = ray.get(handles.pop("learner_run"), timeout=600)
-    handles.pop("actor_runs", None)
-    return final
-
-
-def _shutdown(handles: dict[str, Any]) -> None:
-    """Best-effort teardown after success or failure: a final checkpoint if the learner still runs, then kill."""
-    if "learner_run" in handles:
-        try:
-            _stop_workers(handles)
-        except Exception:  # noqa: BLE001 - teardown continues; the original error is what the user sees
-            log.exception("could not stop the workers cleanly")
-    if "replay" in handles:
-        try:
-            ray.get(handles["replay"].stop.remote(), timeout=30)
-        except Exception:  # noqa: BLE001
-            log.exception("could not stop the replay server cleanly")
-    for h in [*handles.get("actors", []), handles.get("learner"), handles.get("store"), handles.get("replay")]:
-        if h is not None:
-            ray.kill(h, no_restart=True)
+    final = fleet.stop()
+    events = [e for e in fleet.events if e["action"] != "recovered"]
+    return ({"reason": reason, "run_dir": str(run_dir), "env_steps": prev.get("env_steps"),
+             "learner_steps": final["learner_steps"], "last_checkpoint": final["last_checkpoint"],
+             "episode_return": prev.get("episode_return"), "success_rate": prev.get("success_rate"),
+             "restarts": {s.name: s.restarts for s in [fleet.replay_slot, *fleet.slots()] if s.restarts},
+             "lost_items": fleet.lost_items, "failures": len(events)}, prev)

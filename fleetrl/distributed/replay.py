@@ -106,10 +106,15 @@ class EpisodeWriter:
     """
 
     def __init__(self, client: reverb.Client, spec: TransitionSpec, table: str = ONLINE_TABLE,
-                 flush_timeout_ms: int = 1000):
+                 flush_timeout_ms: int = 1000, server_gone: Callable[[], bool] | None = None):
         self._writer = client.trajectory_writer(num_keep_alive_refs=2)
         self._spec, self._table = spec, table
         self._flush_timeout_ms = flush_timeout_ms
+        # Asked after every flush that timed out: True means the server no longer answers (a dead server and a
+        # blocking rate limiter look alike to the writer). The write is abandoned then and ``broken`` set.
+        self._server_gone = server_gone
+        self.broken = False
+        self.items_created = 0
 
     def write_episode(self, rows: Sequence[Mapping[str, Any]], padding_row: Mapping[str, Any],
                       should_stop: Callable[[], bool] = lambda: False) -> bool:
@@ -120,6 +125,8 @@ class EpisodeWriter:
         became true while the rate limiter held items back: the rest of the episode is then not inserted. Every
         item that is inserted is a whole transition with its final ``mc_return``.
         """
+        if self.broken:
+            return False
         writer = self._writer
         for i, step in enumerate(pack_episode(self._spec, rows, padding_row)):
             writer.append(step)
@@ -135,11 +142,16 @@ class EpisodeWriter:
         return self._flush(0, should_stop)
 
     def _flush(self, block_until_num_items: int, should_stop: Callable[[], bool]) -> bool:
+        if self.broken:
+            return False
         while True:
             try:
                 self._writer.flush(block_until_num_items=block_until_num_items, timeout_ms=self._flush_timeout_ms)
                 return True
             except reverb.DeadlineExceededError:
+                if self._server_gone is not None and self._server_gone():
+                    self.broken = True
+                    return False
                 if should_stop():
                     return False
 
@@ -148,11 +160,13 @@ class EpisodeWriter:
         trajectory = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
                       "f32": hist["f32"][-2], "i64": hist["i64"][-2]}
         self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
+        self.items_created += 1
 
     def close(self, timeout_ms: int = 2000) -> None:
-        """Send what is pending (waiting at most ``timeout_ms``), then close."""
+        """Send what is pending (waiting at most ``timeout_ms``; not at all once ``broken``), then close."""
         try:
-            self._writer.flush(timeout_ms=timeout_ms)
+            if not self.broken:
+                self._writer.flush(timeout_ms=timeout_ms)
         except Exception:  # noqa: BLE001 - a blocked or gone server: what is unsent is dropped, not half-written
             pass
         try:

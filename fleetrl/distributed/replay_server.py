@@ -1,9 +1,19 @@
-"""The Reverb server, owned by a Ray actor, checkpointed into the run directory."""
+"""The Reverb server, owned by a Ray actor, checkpointed into the run directory, restarted by Ray when it dies.
+
+Each start of the server process is an *incarnation* (a fresh id). A restarted incarnation restores the newest
+Reverb checkpoint, listens on a new port, and clients find it by asking the actor's handle for the address again
+(:class:`fleetrl.distributed.replay_link.ReplayLink`). Beside each Reverb checkpoint a small JSON record keeps how
+many items this launch had inserted when it was taken, so env-step counts continue across a restart, and what the
+crash lost (inserted after the last checkpoint) can be counted.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import time
+import uuid
 from typing import Any
 
 import ray
@@ -12,37 +22,70 @@ from fleetrl.config import TrainConfig, split_batch
 from fleetrl.datasets.episode import DatasetError
 from fleetrl.types import TransitionSpec
 
+#: The record written beside the Reverb checkpoint (atomically, after the checkpoint itself is complete).
+CHECKPOINT_RECORD = "fleetrl_replay.json"
+
+
+def limiter_state(info: Any) -> str:
+    """A table's rate-limiter state in words: filling, holding inserts back (the learner is behind), holding
+    samples back (the learner waits for data). Reverb 0.14 reports only completed calls, so the state is derived
+    from the limiter's balance ``inserts * samples_per_insert - samples`` against its bounds, counted since this
+    server process started."""
+    rl = info.rate_limiter_info
+    if info.current_size < rl.min_size_to_sample:
+        return f"filling ({int(info.current_size)}/{int(rl.min_size_to_sample)})"
+    spi = float(rl.samples_per_insert)
+    balance = int(rl.insert_stats.completed) * spi - int(rl.sample_stats.completed)
+    if balance >= float(rl.max_diff) - spi:
+        return "inserts blocked"
+    if balance <= float(rl.min_diff) + 1.0:
+        return "samples blocked"
+    return "ok"
+
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class ReplayServer:
     """Runs a ``reverb.Server`` with table ``online`` (and ``offline`` when the run has offline datasets); restores
     the newest checkpoint in ``checkpoint_dir``, then loads the offline datasets unless the restored table holds them.
 
+    ``launch_id`` names this start of the run (the driver's): inserts are counted from it, across incarnations.
     Threaded (Reverb's client is thread-safe), so ``stats`` answers while a long ``checkpoint`` runs."""
 
-    def __init__(self, spec: TransitionSpec, cfg: TrainConfig, checkpoint_dir: str):
+    def __init__(self, spec: TransitionSpec, cfg: TrainConfig, checkpoint_dir: str, launch_id: str = ""):
         import reverb
 
         from fleetrl.distributed.offline import OFFLINE_TABLE, load_offline, offline_table, table_size
         from fleetrl.distributed.replay import ONLINE_TABLE, inserts_completed, online_table
         from fleetrl.learners.builder import returns_fn
 
-        pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        self._dir = pathlib.Path(checkpoint_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self.incarnation = uuid.uuid4().hex[:12]
+        self._started_at = time.time()
         self._table = ONLINE_TABLE
         self._inserts_completed = inserts_completed
         has_offline = bool(cfg.offline.datasets)
+        self._tables = [ONLINE_TABLE, *([OFFLINE_TABLE] if has_offline else [])]
         # The ratio limiter counts online samples only: each update draws the online share of a batch from it.
         online_rows = split_batch(cfg.learner.batch_size, cfg.offline.ratio)[1] if has_offline else \
             cfg.learner.batch_size
         tables = [online_table(spec, cfg.replay, online_rows)]
         if has_offline:
             tables.append(offline_table(spec, cfg.offline.capacity))
+        record = self._read_record()
         self._server = reverb.Server(tables=tables, port=cfg.replay.port or None,
-                                     checkpointer=reverb.checkpointers.DefaultCheckpointer(path=checkpoint_dir))
+                                     checkpointer=reverb.checkpointers.DefaultCheckpointer(path=str(self._dir)))
         self._client = reverb.Client(f"localhost:{self._server.port}")
         info = self._client.server_info()[ONLINE_TABLE]
         self._restored_size = int(info.current_size)
         self._inserts_at_start = inserts_completed(self._client)
+        # Inserts of this launch already in the restored checkpoint (0 for a fresh launch or a --resume, whose
+        # counters come from the learner's checkpoint instead).
+        same_launch = record is not None and record.get("launch_id") == launch_id and launch_id
+        self._launch_id = launch_id
+        self._inserts_base = int(record["inserts"]) if same_launch else 0
+        self.restored_from = record if same_launch else None
+        self._last_checkpoint = record
         self.offline: dict[str, Any] | None = None
         self._load_error: Exception | None = None
         if has_offline:
@@ -55,12 +98,25 @@ class ReplayServer:
                                                 returns_fn(cfg.learner))
                 except DatasetError as exc:  # raised to the driver by address(), as a DatasetError
                     self._load_error = exc
+        self._ready_at = time.time()
+
+    def _read_record(self) -> dict[str, Any] | None:
+        path = self._dir / CHECKPOINT_RECORD
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def address(self) -> str:
         """``host:port`` reachable from other nodes of the Ray cluster; raises the offline loader's error."""
         if self._load_error is not None:
             raise self._load_error
         return f"{ray.util.get_node_ip_address()}:{self._server.port}"
+
+    def endpoint(self) -> dict[str, Any]:
+        """Address, incarnation and what it was restored from (what a reconnecting client needs)."""
+        return {"address": self.address(), "incarnation": self.incarnation, "restored_from": self.restored_from,
+                "started_at": self._started_at, "ready_at": self._ready_at}
 
     def pid(self) -> int:
         return os.getpid()
@@ -69,20 +125,44 @@ class ReplayServer:
         """What was loaded into ``offline`` (None without offline data)."""
         return self.offline
 
+    def _inserts(self) -> int:
+        """Items inserted into ``online`` in this launch, across incarnations, counting only what survived."""
+        return self._inserts_base + self._inserts_completed(self._client) - self._inserts_at_start
+
     def stats(self) -> dict[str, Any]:
-        info = self._client.server_info()[self._table]
-        rl = info.rate_limiter_info
+        infos = self._client.server_info()
+        online = infos[self._table]
+        tables = []
+        for name in self._tables:
+            info = infos[name]
+            rl = info.rate_limiter_info
+            tables.append({"name": name, "size": int(info.current_size), "max_size": int(info.max_size),
+                           "inserts": int(rl.insert_stats.completed), "samples": int(rl.sample_stats.completed),
+                           "rate_limiter": limiter_state(info)})
         return {
-            "size": int(info.current_size),
+            "size": int(online.current_size),
             "restored_size": self._restored_size,
-            "inserts": int(rl.insert_stats.completed) - self._inserts_at_start,
-            "samples": int(rl.sample_stats.completed),
+            "inserts": self._inserts(),
+            "samples": int(online.rate_limiter_info.sample_stats.completed),
+            "tables": tables,
+            "incarnation": self.incarnation,
+            "node": ray.util.get_node_ip_address(),
+            "address": self.address() if self._load_error is None else None,
+            "last_checkpoint": self._last_checkpoint,
         }
 
     def checkpoint(self) -> dict[str, Any]:
-        """Write a Reverb checkpoint; returns its path and the inserts since start counted just before it."""
-        inserts = self._inserts_completed(self._client) - self._inserts_at_start
-        return {"path": self._client.checkpoint(), "inserts": inserts}
+        """Write a Reverb checkpoint and its record; returns the path and this launch's inserts counted just
+        before it (the items the checkpoint holds at least)."""
+        inserts = self._inserts()
+        path = self._client.checkpoint()
+        record = {"path": path, "inserts": inserts, "launch_id": self._launch_id, "incarnation": self.incarnation,
+                  "time": time.time()}
+        tmp = self._dir / f".{CHECKPOINT_RECORD}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self._dir / CHECKPOINT_RECORD)
+        self._last_checkpoint = record
+        return record
 
     def stop(self) -> None:
         self._server.stop()

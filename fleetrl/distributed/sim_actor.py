@@ -23,39 +23,67 @@ class SimActor:
     ``run`` is the long-running loop; ``stats`` and ``stop`` are served concurrently on other threads.
     """
 
-    def __init__(self, actor_id: int, cfg: TrainConfig, spec: TransitionSpec, replay_address: str,
+    def __init__(self, actor_id: int, cfg: TrainConfig, spec: TransitionSpec, replay: Any,
                  weight_store: Any, policy_factory: Callable[[int], Policy], generation: int = 0,
-                 resumed: bool = False):
-        import reverb
+                 resumed: bool = False, incarnation: int = 0):
         import torch
 
         from fleetrl.actors.env_loop import EnvLoop
-        from fleetrl.distributed.replay import EpisodeWriter
+        from fleetrl.distributed.replay_link import ReplayLink, StallProbe
         from fleetrl.distributed.weights import WeightSubscriber
         from fleetrl.envs.gym_adapter import make_env
         from fleetrl.learners.builder import returns_fn
 
         # One torch thread per actor process: several actors on a small machine otherwise oversubscribe the cores.
         torch.set_num_threads(cfg.actors.torch_threads)
-        self.actor_id = actor_id
+        self.actor_id, self.incarnation = actor_id, incarnation
         env = make_env(cfg.env)
         got = TransitionSpec.from_spaces(env.observation_space, env.action_space)
         if got != spec:
             raise ValueError(f"actor {actor_id}: env {cfg.env.id} has transition spec {got}, the run expects {spec}")
-        seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation
-        self._writer = EpisodeWriter(reverb.Client(replay_address), spec)
+        # A restarted actor (incarnation > 0) draws other episodes and numbers them after its predecessor's.
+        seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation + 10_000_000 * incarnation
+        self._spec = spec
+        self._link = ReplayLink(replay)
+        self._probe = StallProbe(self._link, cfg.recovery.probe_after_s)
+        self._writer = self._new_writer()
+        self._items_by_replay: dict[str, int] = {}
+        self._counted_writer: Any = None  # a dropped writer whose items are already in _items_by_replay
         self._weights = WeightSubscriber(weight_store, policy_factory(seed), cfg.actors.weight_poll_timeout_s)
-        # A resumed (or --init-from) run already has a trained policy: no random warm-up.
+        # A resumed (or --init-from, or restarted) actor already has a trained policy: no random warm-up.
         self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
                              gamma=cfg.learner.algo().gamma, seed=seed,
-                             random_steps=0 if resumed else cfg.actors.random_steps, generation=generation,
-                             max_steps_per_s=cfg.actors.max_steps_per_s, returns_fn=returns_fn(cfg.learner))
+                             random_steps=0 if resumed or incarnation else cfg.actors.random_steps,
+                             generation=generation, max_steps_per_s=cfg.actors.max_steps_per_s,
+                             returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._recent: collections.deque = collections.deque(maxlen=1000)
         self._steps_written = 0
         self._episodes_written = 0
+        self._episodes_lost = 0
         self._started = time.monotonic()
+
+    def _new_writer(self) -> Any:
+        import reverb
+
+        from fleetrl.distributed.replay import EpisodeWriter
+
+        return EpisodeWriter(reverb.Client(self._link.address), self._spec, server_gone=self._probe.waited)
+
+    def _reconnect(self) -> bool:
+        """The replay stopped answering: drop the writer (what it held is lost), find the replay again."""
+        old = self._writer
+        with self._lock:
+            self._items_by_replay[self._link.incarnation] = \
+                self._items_by_replay.get(self._link.incarnation, 0) + old.items_created
+            self._counted_writer = old
+        old.close(timeout_ms=0)
+        if not self._link.reconnect(self._stop.is_set):
+            return False
+        self._writer = self._new_writer()
+        self._loop.set_sink(self._writer)
+        return True
 
     def pid(self) -> int:
         return os.getpid()
@@ -78,6 +106,13 @@ class SimActor:
                 if ep.written:
                     self._steps_written += ep.length
                     self._episodes_written += 1
+                else:
+                    self._episodes_lost += 1
+            if self._writer.broken:  # the episode was abandoned, never half-confirmed into a new server
+                if not self._reconnect():
+                    break
+            else:
+                self._probe.reset()
         self._writer.close()
         return self.stats(drain=False)
 
@@ -94,11 +129,25 @@ class SimActor:
                 "steps_written": self._steps_written,
                 "episodes_written": self._episodes_written,
                 "policy_version": version,
+                "policy_epoch": self._weights.epoch,
+                "incarnation": self.incarnation,
+                "node": ray.util.get_node_ip_address(),
+                "episodes_lost": self._episodes_lost,
+                "replay_incarnation": self._link.incarnation,
+                # Items created per replay incarnation (for counting what a replay crash lost).
+                "items_by_replay": self._items_by_replay_now(),
                 "weight_latency_s": self._weights.last_latency_s,
                 "episodes": [{"ret": e.ret, "length": e.length, "success": e.success, "episode_id": e.episode_id,
-                              "versions": e.policy_versions} for e in episodes],
+                              "versions": e.policy_versions, "interventions": e.interventions,
+                              "written": e.written} for e in episodes],
                 "uptime_s": time.monotonic() - self._started,
             }
+
+    def _items_by_replay_now(self) -> dict[str, int]:
+        counts = dict(self._items_by_replay)
+        if self._writer is not self._counted_writer:
+            counts[self._link.incarnation] = counts.get(self._link.incarnation, 0) + self._writer.items_created
+        return counts
 
     def policy_version(self) -> int:
         return self._weights.current()[0]
