@@ -154,7 +154,7 @@ class LearnerWorker:
                     "updates_per_s_avg": (steps - self._steps_at_start) / elapsed,
                     "last_checkpoint": self._last_checkpoint, "device": str(self.device), "epoch": self._epoch,
                     "initial_steps": self._initial_steps,
-                    "node": ray.util.get_node_ip_address()}
+                    "node": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def stop(self) -> None:
         self._stop.set()

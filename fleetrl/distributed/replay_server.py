@@ -147,6 +147,7 @@ class ReplayServer:
             "tables": tables,
             "incarnation": self.incarnation,
             "node": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "address": self.address() if self._load_error is None else None,
             "last_checkpoint": self._last_checkpoint,
         }

@@ -132,6 +132,7 @@ class SimActor:
                 "policy_epoch": self._weights.epoch,
                 "incarnation": self.incarnation,
                 "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "episodes_lost": self._episodes_lost,
                 "replay_incarnation": self._link.incarnation,
                 # Items created per replay incarnation (for counting what a replay crash lost).

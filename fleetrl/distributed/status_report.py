@@ -42,7 +42,7 @@ class StatusReporter:
             episodes = list(slot.recent)
             steps = sum(e["length"] for e in episodes)
             actors.append({
-                "id": actor_id, "kind": "sim", "node": st.get("node"), "health": slot.health,
+                "id": actor_id, "kind": "sim", "node": st.get("node"), "node_id": st.get("node_id"), "health": slot.health,
                 "restarts": slot.restarts, "env_steps": st.get("env_steps"),
                 "env_steps_per_s": self._rate(f"actor{actor_id}/{slot.restarts}", st.get("env_steps"), now),
                 "policy_version": st.get("policy_version"),
@@ -67,11 +67,11 @@ class StatusReporter:
             "updated_at": now, "started_at": self.started_at, "interval_s": cfg.logging.interval_s, "state": state,
             "env_steps": row.get("env_steps"), "total_env_steps": cfg.total_env_steps,
             "actors": actors,
-            "replay": {"node": replay.get("node"), "health": fleet.replay_slot.health,
+            "replay": {"node": replay.get("node"), "node_id": replay.get("node_id"), "health": fleet.replay_slot.health,
                        "restarts": fleet.replay_slot.restarts, "address": replay.get("address"),
                        "lost_items": fleet.lost_items, "last_checkpoint": replay.get("last_checkpoint"),
                        "tables": tables},
-            "learner": {"node": learner.get("node"), "device": learner.get("device"),
+            "learner": {"node": learner.get("node"), "node_id": learner.get("node_id"), "device": learner.get("device"),
                         "health": fleet.learner.health if fleet.learner else None,
                         "restarts": fleet.learner.restarts if fleet.learner else 0,
                         "learner_steps": learner_steps, "updates_per_s": row.get("updates_per_s"),
