@@ -50,9 +50,9 @@ class WeightStore:
 
     async def wait_newer(self, known_seq: int,
                          timeout_s: float) -> tuple[int, int, int, list[ray.ObjectRef], float] | None:
-        """``(seq, epoch, version, [weights_ref], publish_time)`` once a publish later than sequence number ``known_seq``
-        exists, or None after ``timeout_s``. The ref is wrapped in a list so Ray hands over the reference, not a
-        copy."""
+        """``(seq, epoch, version, [weights_ref], publish_time)`` once a publish later than sequence number
+        ``known_seq`` exists, or None after ``timeout_s``. The ref is wrapped in a list so Ray hands over the
+        reference, not a copy."""
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self._seq > known_seq), timeout_s)
