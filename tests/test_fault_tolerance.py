@@ -140,6 +140,10 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         lost = _wait(lambda: [e for e in fleet.events if e.get("lost_items") is not None], 180, "loss counted")
         new_address = ray.get(fleet.replay.address.remote())
         assert new_address != old_address
+        # It came back with its checkpoint's items, not empty.
+        restored = ray.get(fleet.replay.stats.remote())
+        record = ray.get(fleet.replay.endpoint.remote())["restored_from"]
+        assert record is not None and restored["restored_size"] >= record["inserts"] > 0
         assert lost[0]["lost_items"] > 0 and fleet.lost_items == lost[0]["lost_items"]
         learner_now = learner_stats()["learner_steps"]
         _wait(lambda: learner_stats()["learner_steps"] > learner_now + 50, 120, "learner sampling again")

@@ -2,7 +2,7 @@
 
 Each start of the server process is an *incarnation* (a fresh id). A restarted incarnation restores the newest
 Reverb checkpoint, listens on a new port, and clients find it by asking the actor's handle for the address again
-(:class:`fleetrl.distributed.replay_link.ReplayLink`). Beside each Reverb checkpoint a small JSON record keeps how
+(:class:`fleetrl.distributed.replay_link.ReplayLink`). Beside the Reverb checkpoints a small JSON record keeps how
 many items this launch had inserted when it was taken, so env-step counts continue across a restart, and what the
 crash lost (inserted after the last checkpoint) can be counted.
 """
@@ -22,8 +22,11 @@ from fleetrl.config import TrainConfig, split_batch
 from fleetrl.datasets.episode import DatasetError
 from fleetrl.types import TransitionSpec
 
-#: The record written beside the Reverb checkpoint (atomically, after the checkpoint itself is complete).
-CHECKPOINT_RECORD = "fleetrl_replay.json"
+#: The record written beside the Reverb checkpoint directory (atomically, after the checkpoint is complete). Not
+#: inside it: Reverb prunes that directory down to its newest entry by name, which a file there would be.
+def record_path(checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
+    d = pathlib.Path(checkpoint_dir)
+    return d.with_name(d.name + "_checkpoint.json")
 
 
 def limiter_state(info: Any) -> str:
@@ -101,7 +104,7 @@ class ReplayServer:
         self._ready_at = time.time()
 
     def _read_record(self) -> dict[str, Any] | None:
-        path = self._dir / CHECKPOINT_RECORD
+        path = record_path(self._dir)
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
@@ -159,9 +162,10 @@ class ReplayServer:
         path = self._client.checkpoint()
         record = {"path": path, "inserts": inserts, "launch_id": self._launch_id, "incarnation": self.incarnation,
                   "time": time.time()}
-        tmp = self._dir / f".{CHECKPOINT_RECORD}.tmp"
+        final = record_path(self._dir)
+        tmp = final.with_name(f".{final.name}.tmp")
         tmp.write_text(json.dumps(record))
-        os.replace(tmp, self._dir / CHECKPOINT_RECORD)
+        os.replace(tmp, final)
         self._last_checkpoint = record
         return record
 
