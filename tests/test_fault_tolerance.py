@@ -14,6 +14,7 @@ fixed 50-step episodes). The test kills each process in turn and checks what the
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import threading
@@ -186,6 +187,12 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         thread.join(300)
     assert "error" not in box, box.get("error")
     summary = box["summary"]
-    assert summary["restarts"] == {"replay": 1, "learner": 1, "actor 0": 1}
+    assert summary["restarts"] == {"replay": 1, "learner": 1, "actor 0": 1} and summary["failures"] == 3
+    # The run's record of what happened, for `fleetrl status` and later reading.
+    status = json.loads((plan.run_dir / "status.json").read_text())
+    assert status["state"] == "stopped" and status["replay"]["lost_items"] == summary["lost_items"]
+    events = [json.loads(line) for line in (plan.run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["component"] for e in events if e["action"].startswith("restarted")] == ["actor 0", "learner", "replay"]
+    assert all(e["recovery_s"] is not None and e["recovery_s"] > 0 for e in events if e["action"] == "recovered")
     assert summary["lost_items"] == fleet.lost_items > 0
     assert np.isfinite(summary["learner_steps"]) and summary["last_checkpoint"]["learner_steps"] > ckpt_steps

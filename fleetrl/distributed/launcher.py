@@ -160,9 +160,9 @@ def _run(fleet: Fleet, plan: RunPlan, sink: MetricsSink, reporter: StatusReporte
             reason = "max_wall_s"
             break
     final = fleet.stop()
-    events = [e for e in fleet.events if e["action"] != "recovered"]
+    failures = [e for e in fleet.events if e["action"].startswith("restarted")]
     return ({"reason": reason, "run_dir": str(run_dir), "env_steps": prev.get("env_steps"),
              "learner_steps": final["learner_steps"], "last_checkpoint": final["last_checkpoint"],
              "episode_return": prev.get("episode_return"), "success_rate": prev.get("success_rate"),
              "restarts": {s.name: s.restarts for s in [fleet.replay_slot, *fleet.slots()] if s.restarts},
-             "lost_items": fleet.lost_items, "failures": len(events)}, prev)
+             "lost_items": fleet.lost_items, "failures": len(failures)}, prev)

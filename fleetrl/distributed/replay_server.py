@@ -22,9 +22,11 @@ from fleetrl.config import TrainConfig, split_batch
 from fleetrl.datasets.episode import DatasetError
 from fleetrl.types import TransitionSpec
 
-#: The record written beside the Reverb checkpoint directory (atomically, after the checkpoint is complete). Not
-#: inside it: Reverb prunes that directory down to its newest entry by name, which a file there would be.
+
 def record_path(checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
+    """The record written beside the Reverb checkpoint directory (atomically, after the checkpoint is complete).
+
+    Not inside it: Reverb prunes that directory down to its newest entry by name, which a file there would be."""
     d = pathlib.Path(checkpoint_dir)
     return d.with_name(d.name + "_checkpoint.json")
 

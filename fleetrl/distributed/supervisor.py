@@ -35,7 +35,9 @@ from fleetrl.runs import RunPlan
 from fleetrl.types import TransitionSpec
 
 log = logging.getLogger(__name__)
-_STATS_TIMEOUT_S = 30.0
+#: How long one round waits for stats; a process still starting (a restarted actor loading its env) or busy is
+#: shown as not answering this round instead of holding up the driver.
+_STATS_TIMEOUT_S = 10.0
 
 
 @dataclasses.dataclass
