@@ -238,6 +238,29 @@ def status(
         _fail(str(exc))
 
 
+@app.command("robot-server")
+def robot_server(
+    backend: Annotated[str, typer.Option(help="sim (MuJoCo WidowX behind the socket) or interbotix (a real arm).")
+                       ] = "sim",
+    task: Annotated[str, typer.Option(help="sim backend: the WidowX task scene.")] = "reach",
+    bind: Annotated[str, typer.Option(help="Address to listen on; anything but localhost needs --token.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (Bridge servers use 5556).")] = 5556,
+    token: Annotated[str | None, typer.Option(help="Shared token every request must carry (or FLEETRL_ROBOT_TOKEN).",
+                                              envvar="FLEETRL_ROBOT_TOKEN")] = None,
+    watchdog_s: Annotated[float, typer.Option(help="Hold the arm when no command arrives for this long.")] = 1.0,
+) -> None:
+    """Serve one WidowX (or its simulation) to robot actors, with the safety limits on the server side."""
+    from fleetrl.robot.server import Safety, serve
+
+    logging.basicConfig(level=logging.WARNING)
+    kwargs = {"task": task} if backend == "sim" else {}
+    try:
+        serve(backend, bind, port, token, Safety(watchdog_s=watchdog_s), **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())
 

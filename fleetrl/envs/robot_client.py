@@ -1,0 +1,195 @@
+"""A real (or served) WidowX as a gymnasium env: the client side of the Bridge robot-server protocol.
+
+It talks to ``fleetrl robot-server`` (msgpack, token) or, by explicit opt-in (``legacy_pickle=True``), to an
+existing Bridge ``widowx_envs`` server (lz4 + pickle; only for a server you trust). Observations and actions follow
+the simulated WidowX: ``state`` (7), ``joints`` (6, fleetrl servers only), ``image`` uint8 (S, S, 3); actions in
+[-1, 1] scaled to ±0.05 m / ±0.25 rad per step, gripper -1 closed ... +1 open.
+
+The protocol's realities are handled by aborting, never by guessing: a missing reply (800 ms timeout; the socket is
+recreated), an execution failure (effort limit), a watchdog hold, or an arm that stands still however it is
+commanded (the server ignores IK failures silently) raise :class:`EpisodeAborted` from ``step``. The env loop drops
+that episode (nothing of it is stored) and resets. A step is never re-sent: whether the arm executed it is unknown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import zmq
+
+from fleetrl.robot import wire
+from fleetrl.robot.backends import POS_SCALE, ROT_SCALE
+from fleetrl.robot.server import BRIDGE_HASH
+
+
+class EpisodeAborted(RuntimeError):
+    """The robot link failed mid-episode; the episode must be dropped, and the next one starts with a reset."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotLinkConfig:
+    """How to reach one robot server."""
+
+    server: str = "127.0.0.1:5556"
+    token: str | None = None
+    legacy_pickle: bool = False
+    """Talk lz4 + pickle to a legacy Bridge server. Unpickling its replies runs code it chooses: trusted servers
+    only."""
+    timeout_ms: int = 800
+    init_timeout_s: float = 60.0
+    image_size: int = 128
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    frozen_command_m: float = 0.02
+    frozen_motion_m: float = 0.002
+    """A step commanded to move at least ``frozen_command_m`` that moved the TCP less than ``frozen_motion_m``
+    counts as frozen (the symptom of a target the server's IK dropped)."""
+    stuck_steps: int = 5
+    """Consecutive frozen steps before the episode is aborted."""
+    workspace_low: tuple[float, float, float] = (0.1, -0.15, -0.1)
+    workspace_high: tuple[float, float, float] = (0.45, 0.25, 0.18)
+    """The server's workspace box (Bridge's bounds): commands beyond it are not expected to move the arm."""
+
+
+class RobotClient:
+    """REQ socket to one robot server; ``request`` returns None when no reply came in time."""
+
+    def __init__(self, cfg: RobotLinkConfig):
+        self.cfg = cfg
+        self._ctx = zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._sock = self._ctx.socket(zmq.REQ)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVTIMEO, self.cfg.timeout_ms)
+        self._sock.setsockopt(zmq.SNDTIMEO, self.cfg.timeout_ms)
+        self._sock.connect(f"tcp://{self.cfg.server}")
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if self.cfg.token is not None and not self.cfg.legacy_pickle:
+            message = {**message, "token": self.cfg.token}
+        data = wire.encode_bridge(message) if self.cfg.legacy_pickle else wire.encode(message)
+        assert self._sock is not None
+        try:
+            self._sock.send(data)
+            reply = self._sock.recv()
+        except zmq.Again:
+            self._connect()  # a REQ socket that missed its reply cannot send again: start a new one
+            return None
+        return wire.decode_bridge(reply) if self.cfg.legacy_pickle else wire.decode(reply)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+
+class WidowXRobotEnv(gym.Env):
+    """One WidowX reached over the network; reward 0 unless a ``reward_fn(obs) -> (reward, success)`` is given."""
+
+    metadata = {"render_modes": [], "render_fps": 5}
+
+    def __init__(self, cfg: RobotLinkConfig | None = None, reward_fn: Any = None, **kwargs: Any):
+        self.cfg = cfg or RobotLinkConfig(**kwargs)
+        self._reward_fn = reward_fn
+        self.client = RobotClient(self.cfg)
+        s = self.cfg.image_size
+        spaces: dict[str, gym.spaces.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32)}
+        if not self.cfg.legacy_pickle:
+            spaces["joints"] = gym.spaces.Box(-2 * np.pi, 2 * np.pi, (6,), np.float32)
+        spaces["image"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self._initialised = False
+        self._stuck = 0
+        self._last_state: np.ndarray | None = None
+
+    # ---- protocol --------------------------------------------------------------------------------------------
+    def handshake(self) -> None:
+        reply = self.client.request({"type": "hash"})
+        if reply is None:
+            raise ConnectionError(f"robot server {self.cfg.server}: no reply to the handshake")
+        if reply.get("payload") != BRIDGE_HASH:
+            raise ConnectionError(f"robot server {self.cfg.server}: handshake mismatch: {reply.get('payload')!r}")
+
+    def _act(self, key: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        reply = self.client.request({"type": "act", "key": key, "payload": payload})
+        if reply is not None and (reply.get("ok") is False or reply.get("status", 1) != 1):
+            raise EpisodeAborted(f"{key}: {reply.get('error') or 'status ' + str(reply.get('status'))}")
+        return reply
+
+    def _poll_obs(self, timeout_s: float) -> dict[str, np.ndarray]:
+        """Ask for observations until one arrives: slow ``init`` / ``reset`` block the lock-step server."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reply = self.client.request({"type": "obs"})
+            if reply is not None and reply.get("ok", True) is not False and "state" in reply:
+                return self._convert(reply)
+        raise EpisodeAborted(f"robot server {self.cfg.server}: no observation within {timeout_s:.0f} s")
+
+    def _convert(self, reply: dict[str, Any]) -> dict[str, np.ndarray]:
+        s = self.cfg.image_size
+        image = np.asarray(reply["image"])
+        if image.dtype != np.uint8:  # Bridge: float32 (n_cams, 3*S*S) in [0, 1], channel-first, flattened
+            image = np.clip(np.round(image.reshape(-1, 3, s, s)[0].transpose(1, 2, 0) * 255), 0, 255)
+        obs = {"state": np.asarray(reply["state"], np.float32).reshape(7), "image": image.astype(np.uint8)}
+        if "joints" in self.observation_space.spaces:
+            obs["joints"] = np.asarray(reply["joints"], np.float32).reshape(6)
+        return obs
+
+    # ---- gymnasium -------------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if not self._initialised:
+            self.handshake()
+            # The first init builds the robot env (~10 s on a Bridge server): the reply may miss; poll instead.
+            self._act("init", {"env_params": self.cfg.env_params, "image_size": self.cfg.image_size})
+            self._initialised = True
+        self._act("reset", {})  # longer than the client timeout on a real arm: a missing reply is normal
+        obs = self._poll_obs(self.cfg.init_timeout_s)
+        self._stuck, self._last_state = 0, obs["state"]
+        return obs, {"success": False}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        a = np.clip(np.asarray(action, np.float64).reshape(7), -1.0, 1.0)
+        delta = np.concatenate([a[:3] * POS_SCALE, a[3:6] * ROT_SCALE, [(a[6] + 1.0) / 2.0]])
+        if self._act("step_action", {"action": delta, "blocking": True}) is None:
+            raise EpisodeAborted("step_action: no reply within the timeout (not re-sent: it may have run)")
+        reply = self.client.request({"type": "obs"})
+        if reply is None or reply.get("ok") is False:
+            raise EpisodeAborted("obs after step: " + ("no reply" if reply is None else str(reply.get("error"))))
+        if reply.get("robot_state") == "holding":
+            raise EpisodeAborted("the server's watchdog is holding the arm")
+        obs = self._convert(reply)
+        self._check_follows(obs["state"], delta)
+        reward, success = self._reward_fn(obs) if self._reward_fn is not None else (0.0, False)
+        return obs, float(reward), False, False, {"success": bool(success)}
+
+    def _check_follows(self, state: np.ndarray, delta: np.ndarray) -> None:
+        """A Bridge server drops targets its IK cannot reach without a word: the arm then stands still however
+        it is commanded. Several such steps in a row abort the episode instead of storing them."""
+        assert self._last_state is not None
+        # What the command can move inside the workspace box (the server clips at its edges: no motion is due).
+        last = self._last_state[:3]
+        commanded = float(np.linalg.norm(np.clip(last + delta[:3], self.cfg.workspace_low, self.cfg.workspace_high)
+                                         - last))
+        moved = float(np.linalg.norm(state[:3] - self._last_state[:3]))
+        if commanded >= self.cfg.frozen_command_m and moved < self.cfg.frozen_motion_m:
+            self._stuck += 1
+            if self._stuck >= self.cfg.stuck_steps:
+                raise EpisodeAborted(f"the arm stood still for {self._stuck} steps while commanded to move (an IK "
+                                     "failure the server ignored?)")
+        else:
+            self._stuck = 0
+        self._last_state = state
+
+    def close(self) -> None:
+        self.client.close()
