@@ -57,6 +57,30 @@ class ActorsConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class RobotConfig:
+    """One real (or served) WidowX that runs as an actor beside the sim actors (``fleetrl robot-server``)."""
+
+    name: str
+    """Shown in status and logs, e.g. ``widowx_0``."""
+    server: str
+    """``HOST:PORT`` of its robot server."""
+    token: str | None = None
+    """The server's shared token (needed unless it listens on localhost)."""
+    resource: str | None = None
+    """Ray custom resource of the node wired to this robot (the actor is placed there), e.g. ``widowx_0``."""
+    legacy_pickle: bool = False
+    """Talk to a legacy Bridge server (lz4 + pickle; trusted servers only)."""
+    image: bool = True
+    image_size: int = Field(128, ge=16, le=512)
+    """Must give the same observation schema as the run's ``env`` (e.g. a WidowX task with ``privileged: false``
+    and the same camera settings)."""
+    max_steps_per_s: float = Field(5.0, gt=0)
+    """Control rate (Bridge robots step at 5 Hz)."""
+    swap_weights: Literal["episode", "step"] = "episode"
+    """When new weights take effect on the robot: between episodes (default) or at any step, as sim actors do."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ReplayConfig:
     """The Reverb replay service."""
 
@@ -339,6 +363,8 @@ class TrainConfig:
     """Stop after this many seconds of training, whatever the step count."""
     env: EnvConfig = Field(default_factory=EnvConfig)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
+    robots: tuple[RobotConfig, ...] = ()
+    """Robot actors (one process each, next to their robot's node)."""
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
@@ -357,6 +383,9 @@ class TrainConfig:
             raise ValueError(
                 f"replay.min_size ({self.replay.min_size}) must be >= learner.batch_size ({self.learner.batch_size})"
             )
+        names = [r.name for r in self.robots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"robots: names must be unique, got {names}")
         if self.learner.normalize_obs and not self.offline.datasets:
             raise ValueError("learner.normalize_obs: the statistics come from offline.datasets; set some, or turn "
                              "normalize_obs off")

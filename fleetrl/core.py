@@ -14,6 +14,12 @@ import numpy as np
 
 from fleetrl.types import TransitionBatch
 
+
+class EpisodeAborted(RuntimeError):
+    """An env could not finish its episode cleanly (a robot link failed, a server refused a command). The env loop
+    drops the episode, stores nothing of it, and starts the next one with a reset."""
+
+
 Weights = dict[str, np.ndarray]
 """Published policy weights: parameter name -> numpy array (no torch objects cross process boundaries)."""
 

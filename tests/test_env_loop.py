@@ -8,6 +8,7 @@ import pytest
 
 from fleetrl.actors.env_loop import EnvLoop, episode_id_for
 from fleetrl.config import EnvConfig
+from fleetrl.core import EpisodeAborted
 from fleetrl.envs.gym_adapter import make_env
 from fleetrl.testing import ConstantPolicy
 from fleetrl.types import TransitionSpec, monte_carlo_returns
@@ -82,6 +83,51 @@ def test_new_policy_is_used_mid_episode():
     rows = sink.episodes[0][0]
     assert [int(r["policy_version"]) for r in rows] == [1, 1, 1, 2, 2, 2]
     assert [float(r["action"][0]) for r in rows] == [0, 0, 0, 0.5, 0.5, 0.5]
+
+
+def test_robot_mode_swaps_policies_only_between_episodes():
+    env = CountingEnv(length=6)
+    spec = TransitionSpec.from_spaces(env.observation_space, env.action_space)
+    old, new = ConstantPolicy((1,)), ConstantPolicy((1,))
+    new.load_weights({"action": np.array([0.5])})
+    calls = {"n": 0}
+
+    def provider():  # a new version arrives during the first episode
+        calls["n"] += 1
+        return (1, old) if calls["n"] <= 1 else (2, new)
+
+    sink = ListSink()
+    loop = EnvLoop(env, spec, provider, sink, actor_id=0, gamma=0.99, seed=0, swap_between_episodes=True)
+    loop.run_episode()
+    loop.run_episode()
+    assert [int(r["policy_version"]) for r in sink.episodes[0][0]] == [1] * 6
+    assert [int(r["policy_version"]) for r in sink.episodes[1][0]] == [2] * 6
+
+
+class AbortingEnv(CountingEnv):
+    """Fails at step ``at`` of every episode, as a robot env does when its server stops answering."""
+
+    def __init__(self, length, at):
+        super().__init__(length=length)
+        self.at = at
+
+    def step(self, action):
+        if self.t + 1 == self.at:
+            raise EpisodeAborted("robot server: no reply")
+        return super().step(action)
+
+
+def test_aborted_episode_stores_nothing_and_the_next_one_starts_fresh():
+    env = AbortingEnv(length=6, at=4)
+    spec = TransitionSpec.from_spaces(env.observation_space, env.action_space)
+    sink = ListSink()
+    loop = EnvLoop(env, spec, lambda: (3, ConstantPolicy((1,))), sink, actor_id=0, gamma=0.99, seed=0)
+    stats = loop.run_episode()
+    assert stats.written is False and stats.aborted == "robot server: no reply" and stats.length == 3
+    assert sink.episodes == []
+    env.at = 99  # the link is back
+    assert loop.run_episode().written and len(sink.episodes[0][0]) == 6
+    assert sink.episodes[0][0][0]["episode_id"] != stats.episode_id
 
 
 def test_random_warmup_then_policy_and_stop():

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fleetrl.core import Policy
+from fleetrl.core import EpisodeAborted, Policy
 from fleetrl.types import TransitionSpec, monte_carlo_returns
 
 
@@ -41,6 +41,8 @@ class EpisodeStats:
     seconds: float
     interventions: int = 0
     """Steps whose action a person chose (``is_intervention``)."""
+    aborted: str | None = None
+    """Why the env aborted the episode (then nothing of it was written)."""
 
 
 def episode_id_for(generation: int, actor_id: int, index: int) -> int:
@@ -56,7 +58,8 @@ class EnvLoop:
     def __init__(self, env: Any, spec: TransitionSpec, policy: PolicyProvider, sink: EpisodeSink, *, actor_id: int,
                  gamma: float, seed: int, random_steps: int = 0, generation: int = 0,
                  max_steps_per_s: float | None = None,
-                 returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None, first_episode_index: int = 0):
+                 returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None, first_episode_index: int = 0,
+                 swap_between_episodes: bool = False):
         self.env, self.spec, self._policy, self._sink = env, spec, policy, sink
         self.actor_id, self.gamma, self.generation = actor_id, gamma, generation
         # mc_return of every transition, computed once the episode is over (Cal-QL's floor; the learner's reward
@@ -71,13 +74,16 @@ class EnvLoop:
         self.episodes = 0
         # Episode ids continue past a crashed predecessor's (the supervisor gives a restarted actor a new range).
         self._first_index = first_episode_index
+        # Robots: one policy per episode by default (a mid-episode change of behaviour on hardware is a surprise).
+        self._swap_between_episodes = swap_between_episodes
+        self._episode_policy: tuple[int, Policy | None] = (-1, None)
 
     def set_sink(self, sink: EpisodeSink) -> None:
         """Write the following episodes to ``sink`` (a new writer after the replay server was restarted)."""
         self._sink = sink
 
     def _choose(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
-        version, policy = self._policy()
+        version, policy = self._episode_policy if self._swap_between_episodes else self._policy()
         if policy is None or self.total_steps < self._random_steps:
             return self.env.action_space.sample().astype(np.float32), -1
         return policy.act(obs), version
@@ -92,26 +98,35 @@ class EnvLoop:
         """One episode; returns its stats, or None if a stop request cut it short (nothing is written then)."""
         t0 = time.perf_counter()
         episode_id = episode_id_for(self.generation, self.actor_id, self._first_index + self.episodes)
-        # Seed only the first reset: later resets continue the env's RNG, so starts differ but runs repeat.
-        obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
+        if self._swap_between_episodes:
+            self._episode_policy = self._policy()
         rows: list[dict[str, Any]] = []
         rewards: list[float] = []
         versions: list[int] = []
         terminated = truncated = False
-        while not (terminated or truncated):
-            if should_stop():
-                return None
-            if self._min_step_s:
-                self._pace()
-            action, version = self._choose(obs)
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            rows.append(self.spec.make_step(
-                obs, action, reward=reward, terminated=terminated, truncated=truncated, mc_return=0.0,
-                is_intervention=False, policy_version=version, actor_id=self.actor_id, episode_id=episode_id))
-            rewards.append(reward)
-            versions.append(version)
-            obs = next_obs
-            self.total_steps += 1
+        try:
+            # Seed only the first reset: later resets continue the env's RNG, so starts differ but runs repeat.
+            obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
+            while not (terminated or truncated):
+                if should_stop():
+                    return None
+                if self._min_step_s:
+                    self._pace()
+                action, version = self._choose(obs)
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                rows.append(self.spec.make_step(
+                    obs, action, reward=reward, terminated=terminated, truncated=truncated, mc_return=0.0,
+                    is_intervention=False, policy_version=version, actor_id=self.actor_id, episode_id=episode_id))
+                rewards.append(reward)
+                versions.append(version)
+                obs = next_obs
+                self.total_steps += 1
+        except EpisodeAborted as exc:  # nothing of it is stored: its returns and last transitions are unknown
+            self.episodes += 1
+            return EpisodeStats(episode_id=episode_id, length=len(rows), ret=float(np.sum(rewards)), success=False,
+                                terminated=False, written=False, policy_versions=(min(versions, default=-1),
+                                                                                  max(versions, default=-1)),
+                                seconds=time.perf_counter() - t0, aborted=str(exc))
         returns = self._returns(np.asarray(rewards), terminated)
         for row, g in zip(rows, returns, strict=True):
             row["mc_return"] = np.float32(g)

@@ -34,8 +34,11 @@ def _init_ray(cfg: TrainConfig, address: str | None) -> bool:
         # Logical CPUs are scheduling tokens: give every actor and the learner one even on a 2-core machine.
         # address="local": always a fresh embedded instance, even if RAY_ADDRESS or a cluster started with
         # `ray start` on this machine exists (joining one is what --address is for).
-        need = cfg.actors.num_sim + 1
+        need = cfg.actors.num_sim + len(cfg.robots) + 1
+        # A robot named in `robots` is wired to this machine: its custom resource is offered here.
+        robot_resources = {r.resource: 1.0 for r in cfg.robots if r.resource}
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+                 resources=robot_resources or None,
                  runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level=logging.WARNING)
     return True
 

@@ -87,6 +87,11 @@ def sim_actor_options(cfg: TrainConfig) -> dict[str, Any]:
     return opts
 
 
+def robot_actor_options(robot: Any) -> dict[str, Any]:
+    """Options for a robot actor: one unit of its robot's custom resource (on the node wired to it), if named."""
+    return {"num_cpus": 1, "resources": {robot.resource: 1} if robot.resource else {}}
+
+
 def sim_actors_unplaceable(cfg: TrainConfig) -> str | None:
     """A warning when no live node matches ``placement.sim_actors`` now (the actors then wait for an autoscaler to
     start one, or forever on a fixed cluster); None when one does."""

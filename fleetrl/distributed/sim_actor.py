@@ -25,7 +25,7 @@ class SimActor:
 
     def __init__(self, actor_id: int, cfg: TrainConfig, spec: TransitionSpec, replay: Any,
                  weight_store: Any, policy_factory: Callable[[int], Policy], generation: int = 0,
-                 resumed: bool = False, incarnation: int = 0):
+                 resumed: bool = False, incarnation: int = 0, robot: Any = None):
         import torch
 
         from fleetrl.actors.env_loop import EnvLoop
@@ -36,11 +36,16 @@ class SimActor:
 
         # One torch thread per actor process: several actors on a small machine otherwise oversubscribe the cores.
         torch.set_num_threads(cfg.actors.torch_threads)
-        self.actor_id, self.incarnation = actor_id, incarnation
-        env = make_env(cfg.env)
+        self.actor_id, self.incarnation, self.kind = actor_id, incarnation, "robot" if robot else "sim"
+        if robot is not None:
+            from fleetrl.envs.robot_client import make_robot_env
+
+            env, what = make_robot_env(robot, cfg.env), f"robots[{robot.name}] at {robot.server}"
+        else:
+            env, what = make_env(cfg.env), f"env {cfg.env.id}"
         got = TransitionSpec.from_spaces(env.observation_space, env.action_space)
         if got != spec:
-            raise ValueError(f"actor {actor_id}: env {cfg.env.id} has transition spec {got}, the run expects {spec}")
+            raise ValueError(f"actor {actor_id}: {what} has transition spec {got}, the run expects {spec}")
         # A restarted actor (incarnation > 0) draws other episodes and numbers them after its predecessor's.
         seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation + 10_000_000 * incarnation
         self._spec = spec
@@ -54,8 +59,10 @@ class SimActor:
         self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
                              gamma=cfg.learner.algo().gamma, seed=seed,
                              random_steps=0 if resumed or incarnation else cfg.actors.random_steps,
-                             generation=generation, max_steps_per_s=cfg.actors.max_steps_per_s,
-                             returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20)
+                             generation=generation,
+                             max_steps_per_s=robot.max_steps_per_s if robot else cfg.actors.max_steps_per_s,
+                             returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20,
+                             swap_between_episodes=bool(robot) and robot.swap_weights == "episode")
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._recent: collections.deque = collections.deque(maxlen=1000)
@@ -131,6 +138,7 @@ class SimActor:
                 "policy_version": version,
                 "policy_epoch": self._weights.epoch,
                 "incarnation": self.incarnation,
+                "kind": self.kind,
                 "node": ray.util.get_node_ip_address(),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "episodes_lost": self._episodes_lost,
@@ -140,7 +148,7 @@ class SimActor:
                 "weight_latency_s": self._weights.last_latency_s,
                 "episodes": [{"ret": e.ret, "length": e.length, "success": e.success, "episode_id": e.episode_id,
                               "versions": e.policy_versions, "interventions": e.interventions,
-                              "written": e.written} for e in episodes],
+                              "written": e.written, "aborted": e.aborted} for e in episodes],
                 "uptime_s": time.monotonic() - self._started,
             }
 

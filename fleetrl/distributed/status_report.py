@@ -42,7 +42,8 @@ class StatusReporter:
             episodes = list(slot.recent)
             steps = sum(e["length"] for e in episodes)
             actors.append({
-                "id": actor_id, "kind": "sim", "node": st.get("node"), "node_id": st.get("node_id"),
+                "id": actor_id, "kind": "robot" if slot.robot else "sim", "name": slot.name,
+                "node": st.get("node"), "node_id": st.get("node_id"),
                 "health": slot.health,
                 "restarts": slot.restarts, "env_steps": st.get("env_steps"),
                 "env_steps_per_s": self._rate(f"actor{actor_id}/{slot.restarts}", st.get("env_steps"), now),

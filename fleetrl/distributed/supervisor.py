@@ -55,6 +55,9 @@ class Slot:
     """The last episodes it finished (actors)."""
     retired_items: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     """Items its dead predecessors created per replay incarnation, as last reported (actors)."""
+    actor_id: int = -1
+    robot: Any = None
+    """``RobotConfig`` of a robot actor (None for sim actors and the learner)."""
 
 
 class Fleet:
@@ -105,7 +108,12 @@ class Fleet:
         self._start_learner(epoch=0)
         self.factory = policy_factory_default(self.spec, cfg.learner)
         for i in range(cfg.actors.num_sim):
-            self.actors[i] = Slot(f"actor {i}", None)
+            self.actors[i] = Slot(f"actor {i}", None, actor_id=i)
+            self._start_actor(i)
+        # Robot actors take the ids after the sim actors'; each is placed on its robot's node.
+        for j, robot in enumerate(cfg.robots):
+            i = cfg.actors.num_sim + j
+            self.actors[i] = Slot(f"robot {robot.name}", None, actor_id=i, robot=robot)
             self._start_actor(i)
 
     def _start_learner(self, epoch: int) -> None:
@@ -129,9 +137,10 @@ class Fleet:
     def _start_actor(self, actor_id: int) -> None:
         slot = self.actors[actor_id]
         resumed = self.plan.init_state is not None
-        handle = SimActor.options(**placement.sim_actor_options(self.cfg)).remote(
+        options = placement.robot_actor_options(slot.robot) if slot.robot else placement.sim_actor_options(self.cfg)
+        handle = SimActor.options(**options).remote(
             actor_id, self.cfg, self.spec, self.replay, self.store, self.factory,
-            self.plan.counters.get("generation", 0), resumed, slot.restarts)
+            self.plan.counters.get("generation", 0), resumed, slot.restarts, slot.robot)
         slot.handle, slot.run_ref = handle, handle.run.remote()
 
     # ---- watch ---------------------------------------------------------------------------------------------
@@ -171,7 +180,7 @@ class Fleet:
         if slot is self.learner:
             self._start_learner(epoch=slot.restarts)
         else:
-            self._start_actor(int(slot.name.split()[-1]))
+            self._start_actor(slot.actor_id)
 
     def poll(self) -> dict[str, Any]:
         """Stats of every process (the last known for one that does not answer) and the replay's."""

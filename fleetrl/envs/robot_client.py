@@ -21,13 +21,10 @@ import gymnasium as gym
 import numpy as np
 import zmq
 
+from fleetrl.core import EpisodeAborted
 from fleetrl.robot import wire
 from fleetrl.robot.backends import POS_SCALE, ROT_SCALE
 from fleetrl.robot.server import BRIDGE_HASH
-
-
-class EpisodeAborted(RuntimeError):
-    """The robot link failed mid-episode; the episode must be dropped, and the next one starts with a reset."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +38,8 @@ class RobotLinkConfig:
     only."""
     timeout_ms: int = 800
     init_timeout_s: float = 60.0
+    image: bool = True
+    """Camera observations (``image``); off: state (and joints) only, like the sim WidowX without cameras."""
     image_size: int = 128
     env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     frozen_command_m: float = 0.02
@@ -104,7 +103,8 @@ class WidowXRobotEnv(gym.Env):
         spaces: dict[str, gym.spaces.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32)}
         if not self.cfg.legacy_pickle:
             spaces["joints"] = gym.spaces.Box(-2 * np.pi, 2 * np.pi, (6,), np.float32)
-        spaces["image"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
+        if self.cfg.image:
+            spaces["image"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         self._initialised = False
@@ -136,10 +136,12 @@ class WidowXRobotEnv(gym.Env):
 
     def _convert(self, reply: dict[str, Any]) -> dict[str, np.ndarray]:
         s = self.cfg.image_size
-        image = np.asarray(reply["image"])
-        if image.dtype != np.uint8:  # Bridge: float32 (n_cams, 3*S*S) in [0, 1], channel-first, flattened
-            image = np.clip(np.round(image.reshape(-1, 3, s, s)[0].transpose(1, 2, 0) * 255), 0, 255)
-        obs = {"state": np.asarray(reply["state"], np.float32).reshape(7), "image": image.astype(np.uint8)}
+        obs = {"state": np.asarray(reply["state"], np.float32).reshape(7)}
+        if self.cfg.image:
+            image = np.asarray(reply["image"])
+            if image.dtype != np.uint8:  # Bridge: float32 (n_cams, 3*S*S) in [0, 1], channel-first, flattened
+                image = np.clip(np.round(image.reshape(-1, 3, s, s)[0].transpose(1, 2, 0) * 255), 0, 255)
+            obs["image"] = image.astype(np.uint8)
         if "joints" in self.observation_space.spaces:
             obs["joints"] = np.asarray(reply["joints"], np.float32).reshape(6)
         return obs
@@ -193,3 +195,13 @@ class WidowXRobotEnv(gym.Env):
 
     def close(self) -> None:
         self.client.close()
+
+
+def make_robot_env(robot: Any, env_cfg: Any) -> gym.Env:
+    """The env of a robot actor: ``robots[i]`` of the config, with the run env's time limit and success rule."""
+    from fleetrl.envs.gym_adapter import FleetEnv
+
+    env = WidowXRobotEnv(RobotLinkConfig(server=robot.server, token=robot.token, legacy_pickle=robot.legacy_pickle,
+                                         image=robot.image, image_size=robot.image_size))
+    steps = env_cfg.max_episode_steps or 60  # Bridge tasks: 60-step episodes
+    return FleetEnv(gym.wrappers.TimeLimit(env, max_episode_steps=steps), success="info")

@@ -48,6 +48,8 @@ class SimBackend:
     def init(self, image_size: int) -> None:
         from fleetrl.envs.widowx.env import WidowXEnv
 
+        if self.env is not None and self.env.image_size == image_size:
+            return  # a client's repeated init (e.g. a restarted actor): keep the scene and its renderer
         if self.env is not None:
             self.env.close()
         self.env = WidowXEnv(self.task, privileged=False, image=True, image_size=image_size,
