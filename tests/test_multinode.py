@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Head (learner_node, dashboard for jobs) + two sim workers (sim_slot); no actor fits the head."""
+    """Head (learner_node, dashboard for jobs) + two sim workers (sim_slot) + a robot workstation (widowx_0)."""
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a local test cluster; a real one propagates its token
     dashboard_port = _free_port()
@@ -40,8 +40,10 @@ def cluster():
         "num_cpus": 1, "resources": {"learner_node": 1}, "include_dashboard": True,
         "dashboard_port": dashboard_port, "dashboard_host": "127.0.0.1"})
     workers = [c.add_node(num_cpus=2, resources={"sim_slot": 2}) for _ in range(2)]
+    workstation = c.add_node(num_cpus=1, resources={"widowx_0": 1})  # a robot workstation with one arm
     c.wait_for_nodes()
     yield {"cluster": c, "head": c.head_node.node_id, "workers": {w.node_id for w in workers},
+           "workstation": workstation.node_id,
            "address": c.address, "dashboard": f"http://127.0.0.1:{dashboard_port}"}
     c.shutdown()
     if old is None:
@@ -126,3 +128,29 @@ def test_ray_job_submit_route(cluster, tmp_path):
     (run_dir,) = list(tmp_path.iterdir())
     latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
     assert latest["env_steps"] >= 800 and latest["learner_steps"] > 0
+
+
+def test_robot_actor_runs_on_the_workstation_that_owns_its_robot(cluster, tmp_path):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "robot-server", "--backend", "sim", "--port",
+                               str(port)], cwd=REPO, env=dict(_env(), MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl")),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "fleetrl.cli", "train", f"run_root={tmp_path}", "name=robotplace",
+             "total_env_steps=300", "logging.wandb=false", "logging.live=false", "logging.interval_s=0.5",
+             "env.id=fleetrl/WidowXReach-v0", "env.success=info", "env.max_episode_steps=20",
+             "env.kwargs={privileged: false}", "actors.num_sim=1", "replay.min_size=64", "learner.batch_size=32",
+             f"robots=[{{name: widowx_0, server: '127.0.0.1:{port}', resource: widowx_0, image: false, "
+             "max_steps_per_s: 50}]", *PLACEMENT, "--address", cluster["address"]],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    finally:
+        server.terminate()
+        server.wait(20)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = list(tmp_path.iterdir())
+    status = json.loads((run_dir / "status.json").read_text())
+    kinds = {a["kind"]: a for a in status["actors"]}
+    assert kinds["robot"]["node_id"] == cluster["workstation"]  # pinned by its custom resource
+    assert kinds["sim"]["node_id"] in cluster["workers"]
+    assert kinds["robot"]["episodes"] > 0  # it wrote episodes from the served arm
