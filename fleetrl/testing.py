@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,3 +31,22 @@ class ConstantPolicy:
 def constant_policy_factory(action_shape: tuple[int, ...]) -> Callable[[int], Policy]:
     """Factory ``seed -> ConstantPolicy`` (the seed is unused: the policy has no noise)."""
     return lambda seed: ConstantPolicy(tuple(action_shape))
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

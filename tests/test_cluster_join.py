@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -13,20 +12,16 @@ import psutil
 import pytest
 from test_e2e import _ray_pids
 
+from fleetrl.testing import free_port
+
 REPO = pathlib.Path(__file__).parents[1]
 RAY = pathlib.Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def ray_head():
     """A real single-node Ray cluster started with `ray start --head`, as on a cluster's head machine."""
-    port = _free_port()
+    port = free_port()
     # A local test cluster without Ray's token authentication (a real cluster propagates its token instead).
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     before = _ray_pids()

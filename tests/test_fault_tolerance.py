@@ -31,20 +31,10 @@ from fleetrl.distributed.launcher import train
 from fleetrl.distributed.replay import ONLINE_TABLE, make_dataset, split_sample
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.runs import new_run
+from fleetrl.testing import wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPISODE = 50
-
-
-def _wait(pred, timeout_s: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _kill(pid: int) -> None:
@@ -101,7 +91,7 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         assert started.wait(180) and "error" not in box, box.get("error")
         fleet = box["fleet"]
         learner_stats = lambda: ray.get(fleet.learner.handle.stats.remote(), timeout=30)  # noqa: E731
-        _wait(lambda: learner_stats()["last_checkpoint"], 180, "a first learner checkpoint")
+        wait_for(lambda: learner_stats()["last_checkpoint"], 180, "a first learner checkpoint")
 
         # 1. A sim actor, killed in the middle of an episode.
         old_pid = ray.get(fleet.actors[0].handle.pid.remote())
@@ -109,10 +99,10 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
             stats = _actor_stats(fleet, 0)
             return stats if 15 <= stats["env_steps"] % EPISODE <= 35 else None
 
-        st = _wait(mid_episode, 60, "actor 0 mid-episode", interval=0.02)
+        st = wait_for(mid_episode, 60, "actor 0 mid-episode", interval_s=0.02)
         _kill(old_pid)
         killed_episode = episode_id_for(0, 0, st["env_steps"] // EPISODE)
-        _wait(lambda: fleet.actors[0].restarts == 1 and fleet.actors[0].health == "ok"
+        wait_for(lambda: fleet.actors[0].restarts == 1 and fleet.actors[0].health == "ok"
               and (fleet.actors[0].stats or {}).get("incarnation") == 1
               and fleet.actors[0].stats["steps_written"] > 0, 120, "actor 0 restarted and writing")
         assert ray.get(fleet.actors[0].handle.pid.remote()) != old_pid
@@ -122,23 +112,23 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         steps_before = {i: _actor_stats(fleet, i)["env_steps"] for i in fleet.actors}
         ckpt_steps = learner_stats()["last_checkpoint"]["learner_steps"]
         _kill(ray.get(fleet.learner.handle.pid.remote()))
-        _wait(lambda: fleet.learner.restarts == 1 and fleet.learner.health == "ok", 180, "learner restarted")
+        wait_for(lambda: fleet.learner.restarts == 1 and fleet.learner.health == "ok", 180, "learner restarted")
         restarted = learner_stats()
         assert restarted["epoch"] == 1 and restarted["initial_steps"] >= ckpt_steps
-        _wait(lambda: all(_actor_stats(fleet, i)["policy_epoch"] == 1 for i in fleet.actors), 60,
+        wait_for(lambda: all(_actor_stats(fleet, i)["policy_epoch"] == 1 for i in fleet.actors), 60,
               "actors on the restarted learner's weights")
         assert {i: ray.get(s.handle.pid.remote()) for i, s in fleet.actors.items()} == actor_pids
         assert all(_actor_stats(fleet, i)["env_steps"] > steps_before[i] for i in fleet.actors)
 
         # 3. The replay server, killed shortly after a checkpoint: what was written since then is lost and counted.
         last = (learner_stats()["last_checkpoint"] or {}).get("learner_steps", -1)
-        _wait(lambda: (learner_stats()["last_checkpoint"] or {}).get("learner_steps", -1) > last, 120,
+        wait_for(lambda: (learner_stats()["last_checkpoint"] or {}).get("learner_steps", -1) > last, 120,
               "a fresh checkpoint")
         time.sleep(1.5)
         old_address = fleet.replay_slot.stats["address"]
         _kill(ray.get(fleet.replay.pid.remote()))
-        _wait(lambda: fleet.replay_slot.restarts == 1, 180, "replay restarted")
-        lost = _wait(lambda: [e for e in fleet.events if e.get("lost_items") is not None], 180, "loss counted")
+        wait_for(lambda: fleet.replay_slot.restarts == 1, 180, "replay restarted")
+        lost = wait_for(lambda: [e for e in fleet.events if e.get("lost_items") is not None], 180, "loss counted")
         new_address = ray.get(fleet.replay.address.remote())
         assert new_address != old_address
         # It came back with its checkpoint's items, not empty.
@@ -147,12 +137,12 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         assert record is not None and restored["restored_size"] >= record["inserts"] > 0
         assert lost[0]["lost_items"] > 0 and fleet.lost_items == lost[0]["lost_items"]
         learner_now = learner_stats()["learner_steps"]
-        _wait(lambda: learner_stats()["learner_steps"] > learner_now + 50, 120, "learner sampling again")
-        _wait(lambda: all(_actor_stats(fleet, i)["replay_incarnation"] == fleet.replay_incarnation
+        wait_for(lambda: learner_stats()["learner_steps"] > learner_now + 50, 120, "learner sampling again")
+        wait_for(lambda: all(_actor_stats(fleet, i)["replay_incarnation"] == fleet.replay_incarnation
                           and _actor_stats(fleet, i)["steps_written"] > 0 for i in fleet.actors), 60,
               "actors writing to the new replay")
         size_now = reverb.Client(new_address).server_info()[ONLINE_TABLE].current_size
-        _wait(lambda: reverb.Client(new_address).server_info()[ONLINE_TABLE].current_size > size_now + 100, 60,
+        wait_for(lambda: reverb.Client(new_address).server_info()[ONLINE_TABLE].current_size > size_now + 100, 60,
               "new items in the restored replay")
 
         # Episodes in replay are whole: 50 distinct items, exactly one of them truncated; the killed one is absent.

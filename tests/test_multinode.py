@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ from ray.cluster_utils import Cluster
 
 from fleetrl.config import NodeSelector
 from fleetrl.distributed.placement import node_matches
+from fleetrl.testing import free_port
 
 REPO = pathlib.Path(__file__).parents[1]
 RAY = pathlib.Path(sys.executable).with_name("ray")
 PLACEMENT = ["placement.learner.resources={learner_node: 1}", "placement.sim_actors.resources={sim_slot: 1}"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def cluster():
     """Head (learner_node, dashboard for jobs) + two sim workers (sim_slot) + a robot workstation (widowx_0)."""
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a local test cluster; a real one propagates its token
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"learner_node": 1}, "include_dashboard": True,
         "dashboard_port": dashboard_port, "dashboard_host": "127.0.0.1"})
@@ -131,7 +125,7 @@ def test_ray_job_submit_route(cluster, tmp_path):
 
 
 def test_robot_actor_runs_on_the_workstation_that_owns_its_robot(cluster, tmp_path):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "robot-server", "--backend", "sim", "--port",
                                str(port)], cwd=REPO, env=dict(_env(), MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl")),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +21,10 @@ from fleetrl.config import load_config
 from fleetrl.distributed.launcher import train
 from fleetrl.robot import wire
 from fleetrl.runs import new_run
+from fleetrl.testing import free_port, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = pathlib.Path(__file__).parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ask(port: int, message: dict) -> dict:
@@ -45,18 +39,8 @@ def _ask(port: int, message: dict) -> dict:
         sock.close()
 
 
-def _wait(pred, timeout_s, what, interval=0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(interval)
-
-
 def test_killed_robot_actor_leaves_the_arm_holding_and_its_successor_resets_first(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     server = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "robot-server", "--backend", "sim", "--port",
                                str(port), "--watchdog-s", "1.0"], cwd=REPO, stdout=subprocess.PIPE,
@@ -93,13 +77,13 @@ def test_killed_robot_actor_leaves_the_arm_holding_and_its_successor_resets_firs
         robot = fleet.actors[1]
         assert robot.robot is not None and robot.name == "robot widowx_0"
         stats = lambda: ray.get(robot.handle.stats.remote(drain=False), timeout=120)  # noqa: E731
-        _wait(lambda: stats()["steps_written"] >= 40, 180, "the robot actor writing episodes")
+        wait_for(lambda: stats()["steps_written"] >= 40, 180, "the robot actor writing episodes")
         assert stats()["kind"] == "robot"
 
         os.kill(ray.get(robot.handle.pid.remote()), signal.SIGKILL)
         killed_at = time.monotonic()
-        held = _wait(lambda: (r := _ask(port, {"type": "obs"}))["robot_state"] == "holding" and r, 10,
-                     "the watchdog to hold the arm", interval=0.05)
+        held = wait_for(lambda: (r := _ask(port, {"type": "obs"}))["robot_state"] == "holding" and r, 10,
+                     "the watchdog to hold the arm", interval_s=0.05)
         assert time.monotonic() - killed_at < 3.0
         time.sleep(0.6)
         still = _ask(port, {"type": "obs"})
@@ -109,7 +93,7 @@ def test_killed_robot_actor_leaves_the_arm_holding_and_its_successor_resets_firs
         assert refused["ok"] is False and "watchdog" in refused["error"]
 
         # The supervisor restarts the robot actor; it resets the arm (home) before acting, then writes again.
-        _wait(lambda: robot.restarts == 1 and robot.health == "ok" and (robot.stats or {}).get("incarnation") == 1
+        wait_for(lambda: robot.restarts == 1 and robot.health == "ok" and (robot.stats or {}).get("incarnation") == 1
               and robot.stats["steps_written"] >= 20, 90, "the restarted robot actor writing")
         # It re-used the server (a repeated init keeps the scene) and reset the arm before acting.
         assert _ask(port, {"type": "obs"})["robot_state"] in ("active", "idle")

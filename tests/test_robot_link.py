@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pathlib
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -23,20 +22,15 @@ from fleetrl.envs.widowx.env import WidowXEnv
 from fleetrl.robot import wire
 from fleetrl.robot.backends import SimBackend
 from fleetrl.robot.server import BRIDGE_HASH, RobotServer, Safety
+from fleetrl.testing import free_port
 
 REPO = pathlib.Path(__file__).parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served_sim():
     """`fleetrl robot-server --backend sim` as a separate process, with a token."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "robot-server", "--backend", "sim", "--port",
                              str(port), "--token", "s3cret"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl")))

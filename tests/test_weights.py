@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import ray
@@ -15,7 +13,7 @@ from fleetrl.distributed.replay_server import ReplayServer
 from fleetrl.distributed.sim_actor import SimActor
 from fleetrl.distributed.weights import WeightStore
 from fleetrl.envs.gym_adapter import transition_spec
-from fleetrl.testing import constant_policy_factory
+from fleetrl.testing import constant_policy_factory, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +22,6 @@ def ray_local():
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield
     ray.shutdown()
-
-
-def _wait(pred, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_published_version_changes_actions_mid_episode(ray_local, tmp_path):
@@ -52,10 +42,10 @@ def test_published_version_changes_actions_mid_episode(ray_local, tmp_path):
     runs = [a.run.remote(max_episodes=2, wait_for_version=0) for a in actors]
     try:
         # Let each actor get well into its first episode, then publish a new version.
-        _wait(lambda: all(ray.get(a.stats.remote(drain=False))["env_steps"] > 100 for a in actors), 60,
+        wait_for(lambda: all(ray.get(a.stats.remote(drain=False))["env_steps"] > 100 for a in actors), 60,
               "first steps")
         ray.get(store.publish.remote(7, {"action": np.array([-0.5], np.float32)}))
-        _wait(lambda: all(ray.get(a.policy_version.remote()) == 7 for a in actors), 10, "version 7 on all actors")
+        wait_for(lambda: all(ray.get(a.policy_version.remote()) == 7 for a in actors), 10, "version 7 on all actors")
         finals = ray.get(runs, timeout=120)
     finally:
         for a in actors:
