@@ -68,6 +68,8 @@ class RobotConfig:
     """The server's shared token (needed unless it listens on localhost)."""
     resource: str | None = None
     """Ray custom resource of the node wired to this robot (the actor is placed there), e.g. ``widowx_0``."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Or node labels that pick that node (``ray start --labels robot=widowx_0``)."""
     legacy_pickle: bool = False
     """Talk to a legacy Bridge server (lz4 + pickle; trusted servers only)."""
     image: bool = True

@@ -92,3 +92,20 @@ def test_null_time_limit_keeps_the_envs_own():
         assert env.spec.max_episode_steps == 7
     finally:
         env.close()
+
+
+def test_robots_and_placement_sections_are_validated_and_map_to_ray_options():
+    from fleetrl.distributed.placement import robot_actor_options, sim_actor_options
+
+    cfg = load_config(None, ["robots=[{name: w0, server: 'lab:5556', resource: widowx_0}, "
+                             "{name: w1, server: 'lab:5557', labels: {robot: w1}}]",
+                             "placement.sim_actors.resources={sim_slot: 1}", "placement.spread_sim_actors=false"])
+    assert robot_actor_options(cfg.robots[0]) == {"num_cpus": 1, "resources": {"widowx_0": 1}}
+    assert robot_actor_options(cfg.robots[1])["label_selector"] == {"robot": "w1"}
+    assert sim_actor_options(cfg) == {"resources": {"sim_slot": 1}, "scheduling_strategy": "DEFAULT"}
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_config(None, ["robots=[{name: a, server: 'h:1'}, {name: a, server: 'h:2'}]"])
+    with pytest.raises(ConfigError, match="robots.0.server"):
+        load_config(None, ["robots=[{name: a}]"])
+    with pytest.raises(ConfigError, match="custom resources need a positive amount"):
+        load_config(None, ["placement.learner.resources={GPU: 1}"])

@@ -1,14 +1,18 @@
-"""One run survives a sim actor, the learner and the replay server being killed (SIGKILL, real processes).
+"""One run survives a sim actor, the learner, the replay server and a robot actor being killed (SIGKILL, real
+processes).
 
-The run is a real ``launcher.train`` (embedded Ray, Reverb server, learner, two paced sim actors on Pendulum with
-fixed 50-step episodes). The test kills each process in turn and checks what the issue asks:
+The run is a real ``launcher.train`` (embedded Ray, Reverb server, learner, two paced sim actors on WidowX reach
+with fixed 50-step episodes, and a robot actor driving the WidowX of ``fleetrl robot-server --backend sim`` over a
+socket). The test kills each process in turn and checks what the issue asks:
 
 - actor: restarted with a new process and writes again; the episode it was in the middle of never reaches replay,
   and every episode in replay is whole (checked over all items, by sampling until every item key was seen);
 - learner: restarted from its last checkpoint while the actors (same processes) keep collecting; they load the
   restarted learner's weights;
 - replay: restarted from its Reverb checkpoint at a new address; actors and learner reconnect; the items written
-  after its last checkpoint are counted as lost, and the run goes on.
+  after its last checkpoint are counted as lost, and the run goes on;
+- robot actor: the robot server's watchdog holds the arm and refuses the dead actor's motion; nothing re-sends its
+  commands; the restarted actor resets the arm before it acts and writes again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -24,17 +31,20 @@ import numpy as np
 import pytest
 import ray
 import reverb
+import zmq
 
 from fleetrl.actors.env_loop import episode_id_for
 from fleetrl.config import load_config
 from fleetrl.distributed.launcher import train
 from fleetrl.distributed.replay import ONLINE_TABLE, make_dataset, split_sample
 from fleetrl.envs.gym_adapter import transition_spec
+from fleetrl.robot import wire
 from fleetrl.runs import new_run
-from fleetrl.testing import wait_for
+from fleetrl.testing import free_port, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPISODE = 50
+REPO = pathlib.Path(__file__).parents[1]
 
 
 def _kill(pid: int) -> None:
@@ -58,11 +68,39 @@ def _scan_episodes(address: str, spec, samples: int) -> dict[int, dict[bytes, bo
     return seen
 
 
-def test_run_survives_actor_learner_and_replay_kills(tmp_path):
+def _ask(port: int, message: dict) -> dict:
+    """One request to the robot server, as an operator's tool would send it."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.RCVTIMEO, 3000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        sock.send(wire.encode(message))
+        return wire.decode(sock.recv())
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def robot_server():
+    port = free_port()
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    proc = subprocess.Popen([sys.executable, "-m", "fleetrl.cli", "robot-server", "--backend", "sim", "--port",
+                             str(port), "--watchdog-s", "1.0"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    yield port
+    proc.send_signal(signal.SIGINT)
+    proc.wait(20)
+
+
+def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_server):
+    port = robot_server
     cfg = load_config(None, [
         f"run_root={tmp_path}", "name=faults", "total_env_steps=10000000",
-        "env.id=Pendulum-v1", "env.success=info", f"env.max_episode_steps={EPISODE}",
+        "env.id=fleetrl/WidowXReach-v0", "env.success=info", f"env.max_episode_steps={EPISODE}",
+        "env.kwargs={privileged: false, terminate_on_success: false}",
         "actors.num_sim=2", "actors.random_steps=0", "actors.max_steps_per_s=100",
+        f"robots=[{{name: widowx_0, server: '127.0.0.1:{port}', image: false, max_steps_per_s: 25}}]",
         # A loose limiter: the learner runs free and the test can sample the table without starving it.
         "replay.min_size=256", "replay.updates_per_step=1.0", "replay.rate_tolerance_steps=1000000",
         "learner.batch_size=64", "learner.publish_every=5", "learner.sac.hidden_dims=[32, 32]",
@@ -145,6 +183,23 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         wait_for(lambda: reverb.Client(new_address).server_info()[ONLINE_TABLE].current_size > size_now + 100, 60,
               "new items in the restored replay")
 
+        # 4. The robot actor: the arm is held, the dead actor's motion refused, its successor resets first.
+        robot = fleet.actors[2]
+        assert robot.robot is not None and robot.name == "robot widowx_0"
+        wait_for(lambda: _actor_stats(fleet, 2)["steps_written"] >= EPISODE, 120, "the robot actor writing")
+        os.kill(ray.get(robot.handle.pid.remote()), signal.SIGKILL)
+        killed_at = time.monotonic()
+        held = wait_for(lambda: (r := _ask(port, {"type": "obs"}))["robot_state"] == "holding" and r, 10,
+                        "the watchdog to hold the arm", interval_s=0.05)
+        assert time.monotonic() - killed_at < 3.0
+        time.sleep(0.6)
+        np.testing.assert_allclose(_ask(port, {"type": "obs"})["state"][:3], held["state"][:3], atol=2e-3)
+        refused = _ask(port, {"type": "act", "key": "step_action", "payload": {"action": np.zeros(7)}})
+        assert refused["ok"] is False and "watchdog" in refused["error"]
+        wait_for(lambda: robot.restarts == 1 and robot.health == "ok" and (robot.stats or {}).get("incarnation") == 1
+                 and robot.stats["steps_written"] >= EPISODE, 180, "the restarted robot actor writing")
+        assert _ask(port, {"type": "obs"})["robot_state"] in ("active", "idle")  # it reset the arm, then stepped
+
         # Episodes in replay are whole: 50 distinct items, exactly one of them truncated; the killed one is absent.
         # Checked are the episodes a live actor had finished writing before the scan began (later ones arrive
         # during it and are sampled less), and all of the killed incarnation's. One episode per live writer may
@@ -177,12 +232,14 @@ def test_run_survives_actor_learner_and_replay_kills(tmp_path):
         thread.join(300)
     assert "error" not in box, box.get("error")
     summary = box["summary"]
-    assert summary["restarts"] == {"replay": 1, "learner": 1, "actor 0": 1} and summary["failures"] == 3
+    assert summary["restarts"] == {"replay": 1, "learner": 1, "actor 0": 1, "robot widowx_0": 1}
+    assert summary["failures"] == 4
     # The run's record of what happened, for `fleetrl status` and later reading.
     status = json.loads((plan.run_dir / "status.json").read_text())
     assert status["state"] == "stopped" and status["replay"]["lost_items"] == summary["lost_items"]
     events = [json.loads(line) for line in (plan.run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["component"] for e in events if e["action"].startswith("restarted")] == ["actor 0", "learner", "replay"]
+    assert [e["component"] for e in events if e["action"].startswith("restarted")] == [
+        "actor 0", "learner", "replay", "robot widowx_0"]
     assert all(e["recovery_s"] is not None and e["recovery_s"] > 0 for e in events if e["action"] == "recovered")
     assert summary["lost_items"] == fleet.lost_items > 0
     assert np.isfinite(summary["learner_steps"]) and summary["last_checkpoint"]["learner_steps"] > ckpt_steps

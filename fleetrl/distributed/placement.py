@@ -88,8 +88,12 @@ def sim_actor_options(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def robot_actor_options(robot: Any) -> dict[str, Any]:
-    """Options for a robot actor: one unit of its robot's custom resource (on the node wired to it), if named."""
-    return {"num_cpus": 1, "resources": {robot.resource: 1} if robot.resource else {}}
+    """Options for a robot actor: one unit of its robot's custom resource and its node labels (the node wired to
+    the robot), where named."""
+    opts: dict[str, Any] = {"num_cpus": 1, "resources": {robot.resource: 1} if robot.resource else {}}
+    if robot.labels:
+        opts["label_selector"] = dict(robot.labels)
+    return opts
 
 
 def sim_actors_unplaceable(cfg: TrainConfig) -> str | None:
