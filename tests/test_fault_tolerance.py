@@ -52,7 +52,7 @@ def _kill(pid: int) -> None:
 
 
 def _actor_stats(fleet, actor_id):
-    return ray.get(fleet.actors[actor_id].handle.stats.remote(drain=False), timeout=30)
+    return ray.get(fleet.actors[actor_id].handle.stats.remote(drain=False), timeout=120)
 
 
 def _scan_episodes(address: str, spec, samples: int) -> dict[int, dict[bytes, bool]]:
@@ -128,7 +128,7 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
     try:
         assert started.wait(180) and "error" not in box, box.get("error")
         fleet = box["fleet"]
-        learner_stats = lambda: ray.get(fleet.learner.handle.stats.remote(), timeout=30)  # noqa: E731
+        learner_stats = lambda: ray.get(fleet.learner.handle.stats.remote(), timeout=120)  # noqa: E731
         wait_for(lambda: learner_stats()["last_checkpoint"], 180, "a first learner checkpoint")
 
         # 1. A sim actor, killed in the middle of an episode.
@@ -189,11 +189,14 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
         wait_for(lambda: _actor_stats(fleet, 2)["steps_written"] >= EPISODE, 120, "the robot actor writing")
         os.kill(ray.get(robot.handle.pid.remote()), signal.SIGKILL)
         killed_at = time.monotonic()
-        held = wait_for(lambda: (r := _ask(port, {"type": "obs"}))["robot_state"] == "holding" and r, 10,
-                        "the watchdog to hold the arm", interval_s=0.05)
+        wait_for(lambda: _ask(port, {"type": "obs"})["robot_state"] == "holding", 10,
+                 "the watchdog to hold the arm", interval_s=0.05)
         assert time.monotonic() - killed_at < 3.0
-        time.sleep(0.6)
-        np.testing.assert_allclose(_ask(port, {"type": "obs"})["state"][:3], held["state"][:3], atol=2e-3)
+        # Held: once the motion it had has died out (it stops within a few mm), the arm stays where it is.
+        time.sleep(0.5)
+        held = _ask(port, {"type": "obs"})
+        time.sleep(1.0)
+        np.testing.assert_allclose(_ask(port, {"type": "obs"})["state"][:3], held["state"][:3], atol=1e-3)
         refused = _ask(port, {"type": "act", "key": "step_action", "payload": {"action": np.zeros(7)}})
         assert refused["ok"] is False and "watchdog" in refused["error"]
         wait_for(lambda: robot.restarts == 1 and robot.health == "ok" and (robot.stats or {}).get("incarnation") == 1
@@ -208,7 +211,8 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
         finished = {(i, s["incarnation"]): s["episodes_written"] + s["episodes_lost"] - 2
                     for i, s in ((i, _actor_stats(fleet, i)) for i in fleet.actors)}
         size = reverb.Client(new_address).server_info()[ONLINE_TABLE].current_size
-        seen = _scan_episodes(new_address, spec, samples=int(size * 14))
+        # 30 draws per item on average: P(an item is never drawn) ~ e^-30 even as the table grows during the scan.
+        seen = _scan_episodes(new_address, spec, samples=int(size * 30))
         assert killed_episode not in seen
         by_writer: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
         for ep in seen:

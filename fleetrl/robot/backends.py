@@ -83,8 +83,13 @@ class SimBackend:
         self._need().reset()
 
     def hold(self) -> None:
+        """The servo targets become the measured joint angles: the arm stops where it is instead of finishing
+        the last commanded move."""
+        from fleetrl.envs.widowx.arm import ARM_JOINTS
+
         env = self._need()
-        env.sim.controller.reset(env.sim.data)  # the target becomes the measured pose: nothing left to move to
+        env.sim.controller.reset(env.sim.data)
+        env.sim.data.ctrl[: len(ARM_JOINTS)] = env.sim.controller.q_target
 
     def idle(self) -> None:
         """Advance the physics one control step with no new target (the arm servos on what it holds)."""
