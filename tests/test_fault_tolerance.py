@@ -207,7 +207,7 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
         # Checked are the episodes a live actor had finished writing before the scan began (later ones arrive
         # during it and are sampled less), and all of the killed incarnation's. One episode per live writer may
         # have been mid-write when the restored Reverb checkpoint was taken (its items, each a whole transition,
-        # straddle the checkpoint); the killed incarnation ended before that checkpoint, so none of its may.
+        # straddle the checkpoint), or lack the last transitions it had in flight when it was killed.
         finished = {(i, s["incarnation"]): s["episodes_written"] + s["episodes_lost"] - 2
                     for i, s in ((i, _actor_stats(fleet, i)) for i in fleet.actors)}
         size = reverb.Client(new_address).server_info()[ONLINE_TABLE].current_size
@@ -229,7 +229,12 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
                 if len(items) < EPISODE:
                     partial.append((ep, len(items)))
                 checked += 1
-            assert len(partial) <= (0 if writer == (0, 0) else 1), (writer, partial)
+            # Allowed: one if the writer was alive when the restored checkpoint was taken (an episode straddling
+            # it), one if it was killed (its last episode's final, at most 16, unconfirmed transitions). Actor 0's
+            # first life ended before that checkpoint; the robot's first life spanned it and was killed; the
+            # robot's second life began after it.
+            allowed = {(0, 0): 1, (2, 0): 2, (2, 1): 0}.get(writer, 1)
+            assert len(partial) <= allowed, (writer, partial)
         assert checked >= 10
     finally:
         stop.set()
