@@ -1,4 +1,5 @@
-"""``fleetrl`` command line: train, pretrain, eval, envs, collect, view, status."""
+"""``fleetrl`` command line: train, pretrain, eval, envs, collect, view, status, robot-server, attach, detach, label,
+reward."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetrl.cli_reward import reward_app
 from fleetrl.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distributed actor-learner RL: Ray actors -> Reverb replay -> PyTorch learner -> weights back.")
 console = Console(stderr=True)
+
+app.add_typer(reward_app, name="reward")
 
 OVERRIDES_HELP = "Config overrides KEY=VALUE, e.g. actors.num_sim=4 learner.batch_size=128 (values are YAML)."
 
@@ -259,6 +263,104 @@ def robot_server(
         serve(backend, bind, port, token, Safety(watchdog_s=watchdog_s), **kwargs)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
+
+
+_RUN_HELP = "Run name (its newest run), run directory name under --run-root, or path."
+_RUN_ROOT_HELP = "Where runs live (config run_root)."
+
+
+def _send(run: str, run_root: pathlib.Path, op: str, args: dict, wait_s: float) -> dict:
+    """Deliver a command to a running experiment's driver and return its answer (or fail naming why)."""
+    from fleetrl.distributed.control import ControlError, submit, wait_answer
+    from fleetrl.status_view import StatusError, find_run, read_status
+
+    try:
+        run_dir = find_run(run, run_root)
+        state = read_status(run_dir).get("state")
+        if state != "running":
+            _fail(f"--run {run}: the run in {run_dir} is not running (state {state!r})")
+        answer = wait_answer(run_dir, submit(run_dir, op, args), wait_s)
+    except (StatusError, ControlError) as exc:
+        _fail(str(exc))
+    if not answer.get("ok"):
+        _fail(str(answer.get("error")))
+    return answer
+
+
+@app.command()
+def attach(
+    robot: Annotated[str, typer.Option(help="Name of the robot (shown in status), e.g. widowx_1.")],
+    server: Annotated[str, typer.Option(help="HOST:PORT of its robot server (`fleetrl robot-server`).")],
+    run: Annotated[str, typer.Option(help=_RUN_HELP)],
+    fields: Annotated[list[str] | None, typer.Argument(
+        help="More robots[i] fields KEY=VALUE (YAML values), e.g. resource=widowx_1 image_size=64 "
+        "reward_classifier=/path/clf.pt.", show_default=False)] = None,
+    token: Annotated[str | None, typer.Option(help="The server's shared token (or FLEETRL_ROBOT_TOKEN).",
+                                              envvar="FLEETRL_ROBOT_TOKEN")] = None,
+    run_root: Annotated[pathlib.Path, typer.Option(help=_RUN_ROOT_HELP)] = pathlib.Path("runs"),
+    wait_s: Annotated[float, typer.Option(help="How long to wait for the run to take the robot on.")] = 120.0,
+) -> None:
+    """Add a robot actor to a running experiment (nothing else restarts); waits until the robot steps."""
+    import time
+
+    from fleetrl.config import ConfigError, apply_overrides
+    from fleetrl.status_view import find_run, read_status
+
+    try:
+        extra = apply_overrides({}, list(fields or []))
+    except ConfigError as exc:
+        _fail(str(exc))
+    spec = {**extra, "name": robot, "server": server, **({"token": token} if token else {})}
+    answer = _send(run, run_root, "attach", {"robot": spec}, wait_s)
+    actor_id = answer["actor_id"]
+    console.print(f"robot {robot} joined as actor {actor_id}; waiting for its first steps ...")
+    run_dir, deadline = find_run(run, run_root), time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        doc = read_status(run_dir)
+        mine = [a for a in doc.get("actors", []) if a.get("id") == actor_id]
+        if mine and (mine[0].get("env_steps") or 0) > 0:
+            print(json.dumps({"robot": robot, "actor_id": actor_id, "node": mine[0].get("node"),
+                              "env_steps": mine[0]["env_steps"]}))
+            return
+        gave_up = [e for e in doc.get("events", []) if e.get("component") == f"robot {robot}"
+                   and str(e.get("action", "")).startswith("gave up")]
+        if gave_up:
+            _fail(f"robot {robot} left the run: {gave_up[-1].get('what')}")
+        time.sleep(0.5)
+    _fail(f"robot {robot} (actor {actor_id}) joined but has not stepped within {wait_s:.0f} s; see `fleetrl status "
+          f"--run {run}` (its server unreachable? its resource on no node?)")
+
+
+@app.command()
+def detach(
+    robot: Annotated[str, typer.Option(help="Name of the robot to remove from the run.")],
+    run: Annotated[str, typer.Option(help=_RUN_HELP)],
+    now: Annotated[bool, typer.Option("--now", help="Abort the episode in progress instead of finishing it.")
+                   ] = False,
+    run_root: Annotated[pathlib.Path, typer.Option(help=_RUN_ROOT_HELP)] = pathlib.Path("runs"),
+    wait_s: Annotated[float, typer.Option(help="How long to wait for the episode to end and the data to flush.")
+                      ] = 300.0,
+) -> None:
+    """Remove a robot actor from a running experiment: its episode finished (or aborted with --now), every episode
+    it collected written to replay, the arm left at home."""
+    answer = _send(run, run_root, "detach", {"robot": robot, "now": now}, wait_s)
+    print(json.dumps({k: answer.get(k) for k in ("robot", "actor_id", "episodes_written", "steps_written",
+                                                 "episodes_lost", "pending_episodes")}))
+
+
+@app.command()
+def label(
+    robot: Annotated[str, typer.Option(help="Name of the robot whose episode is labelled.")],
+    outcome: Annotated[str, typer.Argument(help="success or failure.")],
+    run: Annotated[str, typer.Option(help=_RUN_HELP)],
+    run_root: Annotated[pathlib.Path, typer.Option(help=_RUN_ROOT_HELP)] = pathlib.Path("runs"),
+) -> None:
+    """A person's verdict on a robot's episode in progress; it overrides the reward classifier and ends the
+    episode (success: reward 1, terminal; failure: reward 0, truncated)."""
+    if outcome not in ("success", "failure"):
+        _fail(f"OUTCOME: expected success or failure, got {outcome!r}")
+    _send(run, run_root, "label", {"robot": robot, "outcome": outcome}, 30.0)
+    print(json.dumps({"robot": robot, "outcome": outcome}))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

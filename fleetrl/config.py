@@ -80,6 +80,21 @@ class RobotConfig:
     """Control rate (Bridge robots step at 5 Hz)."""
     swap_weights: Literal["episode", "step"] = "episode"
     """When new weights take effect on the robot: between episodes (default) or at any step, as sim actors do."""
+    reward_classifier: str | None = None
+    """File of a success classifier (``fleetrl reward train``) that gives the reward: 1 when the camera frame's
+    success probability reaches ``reward_threshold``, else 0. None: reward 0 unless a person labels the episode."""
+    reward_threshold: float | None = Field(None, gt=0, lt=1)
+    """Success threshold of ``reward_classifier`` (None: the one chosen at training; HIL-SERL uses 0.7-0.85)."""
+    terminate_on_success: bool = True
+    """End the episode when the classifier (or a person) says success (HIL-SERL)."""
+    max_pending_episodes: int = Field(20, ge=1)
+    """Finished episodes that may wait for the replay writer (a separate thread) before the robot waits at home."""
+
+    @model_validator(mode="after")
+    def _classifier_needs_images(self) -> RobotConfig:
+        if self.reward_classifier is not None and not self.image:
+            raise ValueError("reward_classifier: the classifier reads camera frames; set image: true")
+        return self
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -467,6 +482,19 @@ def config_from_dict(tree: dict[str, Any]) -> TrainConfig:
         raise ConfigError(_format_errors(err)) from None
     except TypeError as err:  # unknown top-level keyword
         raise ConfigError(str(err)) from None
+
+
+def robot_from_dict(tree: Any) -> RobotConfig:
+    """Build and validate one ``robots[i]`` entry (``fleetrl attach``); errors name the key."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"robot: expected a mapping of RobotConfig fields, got {type(tree).__name__}")
+    try:
+        return RobotConfig(**tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+    except TypeError as err:  # an unknown field
+        known = ", ".join(f.name for f in dataclasses.fields(RobotConfig))
+        raise ConfigError(f"robot: {err} (known keys: {known})") from None
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -50,3 +50,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scan_table(address: str, spec: Any, samples: int, table: str = "online") -> dict[int, dict[int, dict[str, Any]]]:
+    """``episode_id -> {item key: the transition's scalar fields}`` of a live Reverb table, found by sampling
+    ``samples`` transitions through the dataset path (draw about 30x the table size to see every item)."""
+    import collections
+
+    from fleetrl.distributed.replay import make_dataset, split_sample
+
+    seen: dict[int, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
+    for n, sample in enumerate(make_dataset(address, 1024, table).as_numpy_iterator()):
+        batch = split_sample(spec, sample.data)
+        for i, key in enumerate(sample.info.key):
+            seen[int(batch.episode_id[i])][int(key)] = {
+                "actor_id": int(batch.actor_id[i]), "reward": float(batch.reward[i]),
+                "terminated": bool(batch.terminated[i]), "truncated": bool(batch.truncated[i]),
+                "is_intervention": bool(batch.is_intervention[i]), "policy_version": int(batch.policy_version[i])}
+        if (n + 1) * 1024 >= samples:
+            break
+    return seen

@@ -267,3 +267,152 @@ def test_an_arm_that_ignores_its_commands_aborts_the_episode():
     finally:
         env.close()
         bridge.close()
+
+
+class _WallClockSim(SimBackend):
+    """The sim arm with a wall clock, as a real arm has: exercises the server's velocity limit."""
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+
+def test_velocity_limit_shrinks_steps_sent_faster_than_the_control_rate():
+    server = RobotServer(_WallClockSim("reach"), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cfg = RobotLinkConfig(server=f"127.0.0.1:{server.port}", image=False)
+    env = WidowXRobotEnv(cfg)
+    try:
+        env.reset()
+        targets = []
+        for pause in (0.0, 0.0, 0.0, 0.3):  # three steps back to back, then one after a full period
+            time.sleep(pause)
+            before = server.backend.env.sim.controller.target_pos.copy()
+            _raw(cfg, wire.encode({"type": "act", "key": "step_action",
+                                   "payload": {"action": np.array([0.05, 0, 0, 0, 0, 0, 1.0])}}))
+            targets.append(server.backend.env.sim.controller.target_pos[0] - before[0])
+        # The first step after a reset may take a whole step; back-to-back ones only speed x (a few ms).
+        assert targets[0] == pytest.approx(0.05, abs=1e-6)
+        assert all(0 <= t < 0.02 for t in targets[1:3]), targets
+        assert targets[3] == pytest.approx(0.05, abs=1e-6)  # 0.3 s later: 0.25 m/s x 0.3 s > the 5 cm step cap
+    finally:
+        env.close()
+        server.stop()
+        thread.join(5)
+
+
+def test_a_persons_label_overrides_the_reward_and_ends_the_episode(local_server):
+    server, cfg = local_server
+    calls = []
+
+    def classifier(obs):  # stands in for the success classifier: always "no success"
+        calls.append(obs["image"].shape)
+        return 0.0, False
+
+    env = WidowXRobotEnv(cfg, reward_fn=classifier)
+    try:
+        env.reset()
+        _, reward, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+        assert (reward, terminated, truncated, info["success"]) == (0.0, False, False, False)
+        env.labels.set("success")
+        _, reward, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+        assert (reward, terminated, truncated, info["success"], info["label"]) == (1.0, True, False, True, "success")
+        env.reset()
+        env.labels.set("failure")
+        _, reward, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+        assert (reward, terminated, truncated, info["success"]) == (0.0, False, True, False)
+        env.labels.set("success")  # pressed after the episode ended: dropped at the next reset
+        env.reset()
+        _, reward, terminated, *_ = env.step(np.zeros(7, np.float32))
+        assert (reward, terminated) == (0.0, False)
+        assert len(calls) == 4 and calls[0] == (32, 32, 3)
+        with pytest.raises(ValueError, match="label"):
+            env.labels.set("maybe")
+    finally:
+        env.close()
+
+
+def test_a_restarted_server_is_initialised_again_and_the_arm_sent_home_first():
+    """The server process comes back empty (not initialised): the client aborts the episode it was in, and its
+    next reset sends init again; go_home() moves the arm to its start pose before the first episode."""
+    port = free_port()
+    resets = []
+
+    class CountingSim(SimBackend):
+        def reset(self) -> None:
+            resets.append(time.monotonic())
+            super().reset()
+
+    def start():
+        server = RobotServer(CountingSim("reach"), port=port)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        return server, thread
+
+    server, thread = start()
+    env = WidowXRobotEnv(RobotLinkConfig(server=f"127.0.0.1:{port}", image=False, init_timeout_s=3))
+    try:
+        home = env.go_home()["state"]
+        assert len(resets) == 1
+        obs, _ = env.reset()  # the episode starts where go_home left the arm: no second trip home
+        assert len(resets) == 1
+        np.testing.assert_allclose(obs["state"], home, atol=1e-3)
+        for _ in range(4):
+            obs, *_ = env.step(np.array([1, 0, 0, 0, 0, 0, 1], np.float32))
+        assert obs["state"][0] - home[0] > 0.1
+        server.stop()
+        thread.join(5)
+        server.backend.close()
+        with pytest.raises(EpisodeAborted):  # mid-episode: no reply; never re-sent
+            env.step(np.zeros(7, np.float32))
+        with pytest.raises(EpisodeAborted, match="handshake|no observation|no reply"):
+            env.reset()  # still down
+        server, thread = start()  # back, empty
+        obs, _ = env.reset()
+        assert server.initialised and server.state == "idle"
+        np.testing.assert_allclose(obs["state"], home, atol=1e-3)
+        env.step(np.zeros(7, np.float32))
+        assert server.state == "active"
+    finally:
+        env.close()
+        server.stop()
+        thread.join(5)
+
+
+def test_the_robot_env_takes_its_reward_from_a_success_classifier(local_server, tmp_path):
+    """``robots[i].reward_classifier``: the actor's env scores each camera frame; success ends the episode."""
+    import torch
+
+    from fleetrl.config import EnvConfig, robot_from_dict
+    from fleetrl.envs.robot_client import make_robot_env
+    from fleetrl.envs.success_reward import ClassifierReward
+    from fleetrl.learners.reward_classifier import SuccessClassifier, save_classifier
+
+    server, cfg = local_server
+    torch.manual_seed(0)
+    path = save_classifier(tmp_path / "clf.pt", SuccessClassifier(32), {"threshold": 0.5})
+    scorer = ClassifierReward(path)
+    robot = {"name": "w", "server": cfg.server, "image_size": 32, "reward_classifier": str(path)}
+    env_cfg = EnvConfig(id="fleetrl/WidowXReach-v0", max_episode_steps=6)
+    for threshold, expect_success in ((0.001, True), (0.999, False)):
+        env = make_robot_env(robot_from_dict({**robot, "reward_threshold": threshold}), env_cfg)
+        try:
+            env.reset()
+            rewards, ends = [], []
+            for _ in range(6):
+                obs, reward, terminated, truncated, info = env.step(np.full(7, 0.3, np.float32))
+                p = scorer.probability(obs)
+                assert (reward == 1.0) == (p >= threshold) == info["success"]
+                rewards.append(reward)
+                ends.append((terminated, truncated))
+                if terminated or truncated:
+                    break
+            if expect_success:  # the first frame is a success: reward 1, terminal, after one step
+                assert rewards == [1.0] and ends == [(True, False)]
+            else:  # never: six zero rewards, then the time limit (a truncation)
+                assert rewards == [0.0] * 6 and ends[-1] == (False, True)
+        finally:
+            env.close()
+    with pytest.raises(ValueError, match=r"robots\[w\].reward_classifier: .* 32 px frames, the robot sends "
+                                         r"image_size 64"):
+        make_robot_env(robot_from_dict({**robot, "image_size": 64}), env_cfg)

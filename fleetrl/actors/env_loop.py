@@ -72,15 +72,18 @@ class EnvLoop:
         self.env.action_space.seed(seed)
         self.total_steps = 0
         self.episodes = 0
+        self.episode_steps = 0
+        """Steps taken so far in the episode in progress."""
         # Episode ids continue past a crashed predecessor's (the supervisor gives a restarted actor a new range).
         self._first_index = first_episode_index
         # Robots: one policy per episode by default (a mid-episode change of behaviour on hardware is a surprise).
         self._swap_between_episodes = swap_between_episodes
         self._episode_policy: tuple[int, Policy | None] = (-1, None)
 
-    def set_sink(self, sink: EpisodeSink) -> None:
-        """Write the following episodes to ``sink`` (a new writer after the replay server was restarted)."""
-        self._sink = sink
+    @property
+    def policy_version_in_use(self) -> int:
+        """The version acting now: the episode's (robots) or the newest (sim actors); -1 before any weights."""
+        return (self._episode_policy if self._swap_between_episodes else self._policy())[0]
 
     def _choose(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
         version, policy = self._episode_policy if self._swap_between_episodes else self._policy()
@@ -104,6 +107,7 @@ class EnvLoop:
         rewards: list[float] = []
         versions: list[int] = []
         terminated = truncated = False
+        self.episode_steps = 0
         try:
             # Seed only the first reset: later resets continue the env's RNG, so starts differ but runs repeat.
             obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
@@ -121,6 +125,7 @@ class EnvLoop:
                 versions.append(version)
                 obs = next_obs
                 self.total_steps += 1
+                self.episode_steps += 1
         except EpisodeAborted as exc:  # nothing of it is stored: its returns and last transitions are unknown
             self.episodes += 1
             return EpisodeStats(episode_id=episode_id, length=len(rows), ret=float(np.sum(rewards)), success=False,

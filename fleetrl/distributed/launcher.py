@@ -13,7 +13,8 @@ from typing import Any
 
 import ray
 
-from fleetrl.config import TrainConfig, config_to_dict
+from fleetrl.config import ConfigError, TrainConfig, config_to_dict, robot_from_dict
+from fleetrl.distributed.control import Inbox
 from fleetrl.distributed.status_report import StatusReporter
 from fleetrl.distributed.supervisor import Fleet
 from fleetrl.envs.gym_adapter import transition_spec
@@ -37,7 +38,8 @@ def _init_ray(cfg: TrainConfig, address: str | None) -> bool:
         need = cfg.actors.num_sim + len(cfg.robots) + 1
         # A robot named in `robots` is wired to this machine: its custom resource is offered here.
         robot_resources = {r.resource: 1.0 for r in cfg.robots if r.resource}
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+        # Two spare tokens: robots attached at run time (`fleetrl attach`) need somewhere to run.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need) + 2, include_dashboard=False,
                  resources=robot_resources or None,
                  runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level=logging.WARNING)
     return True
@@ -85,6 +87,13 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
     fill = max(0, plan.cfg.replay.min_size - replay["restored_size"])
     new_inserts = replay["inserts"] - fill
     new_updates = learner_steps - plan.counters.get("learner_steps", 0)
+    # Per robot: how far behind the learner the policy acting on it is (in learner steps), and its write queue.
+    robots: dict[str, Any] = {}
+    for a in actors:
+        if a.get("robot"):
+            in_use = a.get("policy_version_in_use", -1)
+            robots[f"robot/{a['robot']}/policy_lag"] = learner_steps - in_use if in_use >= 0 else None
+            robots[f"robot/{a['robot']}/pending_episodes"] = a.get("pending_episodes")
     return {
         "_t": now, "time_s": now - t0, "env_steps": env_steps, "learner_steps": learner_steps,
         "env_steps_per_s": (env_steps - prev.get("env_steps", env_steps)) / dt if prev else 0.0,
@@ -99,9 +108,30 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
         "policy_version": learner["policy_version"],
         "policy_lag": (learner_steps - min(versions)) if versions else None,
         "weight_latency_s": max(latencies) if latencies else None,
-        **last_ep,
+        **last_ep, **robots,
         **{f"learner/{k}": v for k, v in learner["metrics"].items()},
     }
+
+
+def _serve_commands(fleet: Fleet, inbox: Inbox) -> None:
+    """Carry out what ``fleetrl attach`` / ``detach`` / ``label`` asked (a detach is answered once it is done)."""
+    for cmd in inbox.take():
+        args = cmd["args"]
+        try:
+            if cmd["op"] == "attach":
+                robot = robot_from_dict(args.get("robot"))
+                slot = fleet.attach(robot)
+                inbox.answer(cmd, ok=True, robot=robot.name, actor_id=slot.actor_id)
+            elif cmd["op"] == "detach":
+                fleet.detach(str(args.get("robot")), cmd, now=bool(args.get("now", False)))
+            else:
+                fleet.label(str(args.get("robot")), str(args.get("outcome")))
+                inbox.answer(cmd, ok=True, robot=args.get("robot"), outcome=args.get("outcome"))
+        except (ConfigError, ValueError) as exc:
+            inbox.answer(cmd, ok=False, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a failed command must not stop the run
+            log.exception("command %s failed", cmd["op"])
+            inbox.answer(cmd, ok=False, error=f"{type(exc).__name__}: {exc}")
 
 
 def train(plan: RunPlan, address: str | None = None, stop: threading.Event | None = None,
@@ -142,11 +172,17 @@ def _run(fleet: Fleet, plan: RunPlan, sink: MetricsSink, reporter: StatusReporte
     prev: dict[str, Any] = {}
     last_ep: dict[str, float] = {}
     reason = "total_env_steps"
+    inbox = Inbox(run_dir)
     while True:
         deadline = time.monotonic() + cfg.logging.interval_s
         while time.monotonic() < deadline and not signalled.is_set() and not (stop and stop.is_set()):
-            time.sleep(0.05)
+            _serve_commands(fleet, inbox)
+            time.sleep(0.1)
         fleet.check()  # restarts whatever died; raises once a process has used up its restarts
+        while fleet.detached:
+            command, result = fleet.detached.pop(0)
+            inbox.answer(command, ok=result["error"] is None, **{k: v for k, v in result.items() if k != "error"},
+                         error=result["error"])
         stats = fleet.poll()
         if stats["learner"] is None or stats["replay"] is None:
             continue

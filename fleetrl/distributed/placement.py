@@ -108,3 +108,18 @@ def sim_actors_unplaceable(cfg: TrainConfig) -> str | None:
     return (f"placement.sim_actors: no live Ray node offers resources {dict(selector.resources)}"
             + (f" and labels {dict(selector.labels)}" if selector.labels else "")
             + f"; sim actors wait until one joins (nodes now: {_describe(nodes)})")
+
+
+def robot_unplaceable(robot: Any) -> str | None:
+    """Why no live node can take ``robot``'s actor now (its resource or labels), or None if one can."""
+    selector = NodeSelector(resources={robot.resource: 1.0} if robot.resource else {}, labels=dict(robot.labels))
+    nodes = ray.nodes()
+    if any(node_matches(n, selector) for n in nodes):
+        return None
+    return (f"robot {robot.name!r}: no live Ray node offers "
+            + (f"resource {robot.resource!r}" if robot.resource else "")
+            + (" and " if robot.resource and robot.labels else "")
+            + (f"labels {dict(robot.labels)}" if robot.labels else "")
+            + " (start the robot's machine with `ray start --address HEAD:6379 --resources "
+              f"'{{\"{robot.resource or robot.name}\": 1}}'`, or leave the resource out on a one-machine run; "
+            + f"nodes now: {_describe(nodes)})")

@@ -1,8 +1,15 @@
-"""A simulated actor as a Ray actor: env loop + Reverb episode writer + weight subscriber."""
+"""An actor as a Ray actor: env loop + Reverb episode writer + weight subscriber, for a sim env or a robot.
+
+The same code drives both. A robot actor differs in what the robot needs: its control loop runs at the robot's
+rate, finished episodes are written by a separate thread (:class:`BackgroundSink`) so the arm never waits on the
+replay, weights (always loaded by the subscriber's thread) swap between episodes by default, a new actor first
+brings the arm home, and a robot server that is down is retried with a back-off instead of failing the actor.
+"""
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -12,8 +19,10 @@ from typing import Any
 import ray
 
 from fleetrl.config import TrainConfig
-from fleetrl.core import Policy
+from fleetrl.core import EpisodeAborted, Policy
 from fleetrl.types import TransitionSpec
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=1, max_concurrency=4)
@@ -48,15 +57,21 @@ class SimActor:
             raise ValueError(f"actor {actor_id}: {what} has transition spec {got}, the run expects {spec}")
         # A restarted actor (incarnation > 0) draws other episodes and numbers them after its predecessor's.
         seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation + 10_000_000 * incarnation
-        self._spec = spec
+        self._spec, self.robot = spec, robot
         self._link = ReplayLink(replay)
         self._probe = StallProbe(self._link, cfg.recovery.probe_after_s)
         self._writer = self._new_writer()
+        # Episodes go through _write (counting, reconnecting after a replay restart); a robot's on its own thread.
+        self._sink: Any = _ReplaySink(self)
+        if robot is not None:
+            from fleetrl.actors.background_sink import BackgroundSink
+
+            self._sink = BackgroundSink(self._sink, robot.max_pending_episodes)
         self._items_by_replay: dict[str, int] = {}
         self._counted_writer: Any = None  # a dropped writer whose items are already in _items_by_replay
         self._weights = WeightSubscriber(weight_store, policy_factory(seed), cfg.actors.weight_poll_timeout_s)
         # A resumed (or --init-from, or restarted) actor already has a trained policy: no random warm-up.
-        self._loop = EnvLoop(env, spec, self._weights.current, self._writer, actor_id=actor_id,
+        self._loop = EnvLoop(env, spec, self._weights.current, self._sink, actor_id=actor_id,
                              gamma=cfg.learner.algo().gamma, seed=seed,
                              random_steps=0 if resumed or incarnation else cfg.actors.random_steps,
                              generation=generation,
@@ -64,6 +79,8 @@ class SimActor:
                              returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20,
                              swap_between_episodes=bool(robot) and robot.swap_weights == "episode")
         self._stop = threading.Event()
+        self._finish = threading.Event()  # detach: end after the episode in progress
+        self._abort = threading.Event()  # detach --now: end the episode in progress now (it is not stored)
         self._lock = threading.Lock()
         self._recent: collections.deque = collections.deque(maxlen=1000)
         self._steps_written = 0
@@ -89,8 +106,22 @@ class SimActor:
         if not self._link.reconnect(self._stop.is_set):
             return False
         self._writer = self._new_writer()
-        self._loop.set_sink(self._writer)
         return True
+
+    def _write(self, rows: list[dict[str, Any]], padding: dict[str, Any], should_stop: Callable[[], bool]) -> bool:
+        """Write one finished episode through the current writer; count it; reconnect if the replay went away."""
+        ok = self._writer.write_episode(rows, padding, should_stop)
+        with self._lock:
+            if ok:
+                self._steps_written += len(rows)
+                self._episodes_written += 1
+            else:
+                self._episodes_lost += 1
+        if self._writer.broken:  # the episode was abandoned, never half-confirmed into a new server
+            self._reconnect()
+        else:
+            self._probe.reset()
+        return ok
 
     def pid(self) -> int:
         return os.getpid()
@@ -99,29 +130,56 @@ class SimActor:
         """Run episodes until :meth:`stop` (or ``max_episodes``); returns the final stats.
 
         ``wait_for_version`` holds the first step until that weight version arrived (up to 60 s)."""
+        if self.robot is not None:
+            self._go_home()
         if wait_for_version is not None:
             self._weights.wait_for_version(wait_for_version, 60.0)
         self._started = time.monotonic()
-        n = 0
-        while not self._stop.is_set() and (max_episodes is None or n < max_episodes):
-            ep = self._loop.run_episode(self._stop.is_set)
+        n = failures = 0
+        while not (self._stop.is_set() or self._finish.is_set()) and (max_episodes is None or n < max_episodes):
+            ep = self._loop.run_episode(lambda: self._stop.is_set() or self._abort.is_set())
             if ep is None:
                 break
             n += 1
             with self._lock:
                 self._recent.append(ep)
-                if ep.written:
-                    self._steps_written += ep.length
-                    self._episodes_written += 1
-                else:
+                if ep.aborted:
                     self._episodes_lost += 1
-            if self._writer.broken:  # the episode was abandoned, never half-confirmed into a new server
-                if not self._reconnect():
-                    break
-            else:
-                self._probe.reset()
-        self._writer.close()
+            # An episode that could not even start (robot server down or restarting): wait before trying again.
+            failures = failures + 1 if ep.aborted and ep.length == 0 else 0
+            if failures:
+                if failures == 1:
+                    log.warning("actor %d: %s; retrying with a back-off", self.actor_id, ep.aborted)
+                self._stop.wait(min(0.5 * 2 ** (failures - 1), 5.0))
+        if isinstance(self._sink, _ReplaySink):
+            self._writer.close()
+        else:  # a robot: what the writer thread still holds is written before the actor reports done
+            if self._finish.is_set():
+                self._go_home()  # detached: the arm is left at its start pose, not held wherever it stopped
+            self._sink.close(timeout_s=None if not self._stop.is_set() else 30.0)
+            self._writer.close()
         return self.stats(drain=False)
+
+    def _go_home(self) -> None:
+        """Before anything else, the arm goes to its start pose: a restarted actor finds it wherever its
+        predecessor left it (the server's watchdog holds it there)."""
+        try:
+            self._loop.env.unwrapped.go_home()
+        except EpisodeAborted as exc:  # the server is not up yet: the first episode's reset retries
+            log.warning("actor %d: could not bring the robot home yet: %s", self.actor_id, exc)
+
+    def finish(self, now: bool = False) -> None:
+        """Detach: stop after the episode in progress (``now``: abort it, nothing of it stored), write every queued
+        episode, bring the arm home, then end ``run``."""
+        if now:
+            self._abort.set()
+        self._finish.set()
+
+    def label(self, outcome: str) -> None:
+        """A person's success / failure label for the robot's episode in progress."""
+        if self.robot is None:
+            raise ValueError(f"actor {self.actor_id} is a sim actor: its env gives its own success")
+        self._loop.env.unwrapped.labels.set(outcome)
 
     def stats(self, drain: bool = True) -> dict[str, Any]:
         """Counters plus the episodes finished since the last drained call."""
@@ -130,15 +188,21 @@ class SimActor:
             if drain:
                 self._recent.clear()
             version, _ = self._weights.current()
+            pending = getattr(self._sink, "pending", 0)
             return {
                 "actor_id": self.actor_id,
                 "env_steps": self._loop.total_steps,
+                "episode_steps": self._loop.episode_steps,
                 "steps_written": self._steps_written,
                 "episodes_written": self._episodes_written,
                 "policy_version": version,
                 "policy_epoch": self._weights.epoch,
                 "incarnation": self.incarnation,
                 "kind": self.kind,
+                "robot": self.robot.name if self.robot is not None else None,
+                "policy_version_in_use": self._loop.policy_version_in_use,
+                "pending_episodes": pending,
+                "finishing": self._finish.is_set(),
                 "node": ray.util.get_node_ip_address(),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "episodes_lost": self._episodes_lost,
@@ -164,3 +228,14 @@ class SimActor:
     def stop(self) -> None:
         self._stop.set()
         self._weights.close()
+
+
+class _ReplaySink:
+    """The actor's episode sink: its current writer, counted, reconnected after a replay restart."""
+
+    def __init__(self, actor: SimActor):
+        self._actor = actor
+
+    def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
+                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+        return self._actor._write(rows, padding_row, should_stop)

@@ -47,9 +47,11 @@ class StatusReporter:
                 "health": slot.health,
                 "restarts": slot.restarts, "env_steps": st.get("env_steps"),
                 "env_steps_per_s": self._rate(f"actor{actor_id}/{slot.restarts}", st.get("env_steps"), now),
-                "policy_version": st.get("policy_version"),
-                "policy_lag": (learner_steps - st["policy_version"])
-                if learner_steps is not None and st.get("policy_version", -1) >= 0 else None,
+                "policy_version": st.get("policy_version_in_use", st.get("policy_version")),
+                # Of the policy acting now (a robot keeps its episode's policy until the episode ends).
+                "policy_lag": (learner_steps - st.get("policy_version_in_use", st["policy_version"]))
+                if learner_steps is not None and st.get("policy_version_in_use", st.get("policy_version", -1)) >= 0
+                else None,
                 "episodes": st.get("episodes_written"),
                 "intervention_rate": (sum(e.get("interventions", 0) for e in episodes) / steps) if steps else None,
                 "success_rate": (sum(e["success"] for e in episodes) / len(episodes)) if episodes else None,

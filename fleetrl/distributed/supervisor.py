@@ -9,6 +9,9 @@ restart what dies.
   checkpoint; writers and the learner find the new address through its handle. The supervisor notices the new
   incarnation and counts the items the crash lost: those the actors created for the dead incarnation minus those
   its newest checkpoint held.
+- A robot actor is restarted like a sim actor, but one that has used up its restarts is retired (the robot leaves
+  the run, which goes on with the rest). Robots also join and leave a running fleet (:meth:`Fleet.attach`,
+  :meth:`Fleet.detach`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Slot:
     actor_id: int = -1
     robot: Any = None
     """``RobotConfig`` of a robot actor (None for sim actors and the learner)."""
+    detaching: dict[str, Any] | None = None
+    """The detach command being carried out (the actor finishes its episode and flushes, then leaves)."""
 
 
 class Fleet:
@@ -71,6 +76,8 @@ class Fleet:
         self.store: Any = None
         self.learner: Slot | None = None
         self.actors: dict[int, Slot] = {}
+        self.retired: list[Slot] = []  # actors that left (detached robots, robots given up on)
+        self.detached: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (detach command, result) to answer
         self.replay_slot = Slot("replay", None)
         self.offline: dict[str, Any] | None = None
         self._incarnations: dict[str, dict[str, Any]] = {}  # replay incarnation -> its endpoint and base count
@@ -155,14 +162,24 @@ class Fleet:
             done, _ = ray.wait([slot.run_ref], timeout=0)
             if not done:
                 continue
+            final = None
             try:
-                ray.get(slot.run_ref)
+                final = ray.get(slot.run_ref)
                 error = "returned before it was asked to stop"
             except Exception as exc:  # noqa: BLE001 - any failure of a worker is handled the same way: restart
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            self._restart(slot, error)
+            if slot.detaching is not None:
+                self._detached(slot, final, None if final is not None else error)
+            else:
+                self._restart(slot, error)
 
     def _restart(self, slot: Slot, error: str) -> None:
+        if slot.robot is not None and slot.restarts >= self.cfg.recovery.max_restarts:
+            # One robot's trouble (a server that stays down, a wrong token) must not end everyone's run.
+            log.error("%s failed %d times; it leaves the run (last error: %s)", slot.name, slot.restarts + 1, error)
+            self._retire(slot)
+            self._event(slot.name, error, "gave up: the robot left the run")
+            return
         if slot.restarts >= self.cfg.recovery.max_restarts:
             raise RuntimeError(f"{slot.name} failed {slot.restarts + 1} times (recovery.max_restarts="
                                f"{self.cfg.recovery.max_restarts}); last error: {error}")
@@ -258,12 +275,80 @@ class Fleet:
         old, new = self._incarnations[pending["old"]], self._incarnations[pending["new"]]
         # Items every actor (and its dead predecessors) created for the dead incarnation: inserted or in flight.
         created = sum(s.stats["items_by_replay"].get(pending["old"], 0) + s.retired_items[pending["old"]]
-                      for s in self.actors.values() if s.stats is not None)
+                      for s in [*self.actors.values(), *self.retired] if s.stats is not None)
         lost = max(0, old["base"] + created - new["base"])
         self._pending_loss = None
         self.lost_items += lost
         self._event("replay", f"items lost since its last checkpoint: {lost}" + ("" if moved else " (lower bound)"),
                     "counted", lost_items=lost)
+
+    # ---- robots joining and leaving -------------------------------------------------------------------------
+    def robot_slot(self, name: str) -> Slot | None:
+        return next((s for s in self.actors.values() if s.robot is not None and s.robot.name == name), None)
+
+    def attach(self, robot: Any) -> Slot:
+        """Start a robot actor for ``robot`` (a ``RobotConfig``) in the running fleet; nothing else restarts.
+        Raises ValueError naming what is wrong (a name in use, no node for its resource, another observation
+        schema than the run's)."""
+        from fleetrl.envs.robot_client import robot_transition_spec
+
+        if self.robot_slot(robot.name) is not None:
+            raise ValueError(f"robot {robot.name!r} is already part of this run (detach it first)")
+        problem = placement.robot_unplaceable(robot)
+        if problem:
+            raise ValueError(problem)
+        got = robot_transition_spec(robot)
+        if got != self.spec:
+            raise ValueError(f"robot {robot.name!r}: its observations {got} differ from the run's {self.spec} "
+                             "(check image and image_size)")
+        actor_id = 1 + max([*self.actors, *(s.actor_id for s in self.retired)], default=-1)
+        slot = Slot(f"robot {robot.name}", None, actor_id=actor_id, robot=robot)
+        self.actors[actor_id] = slot
+        self._start_actor(actor_id)
+        self._event(slot.name, f"attached (actor {actor_id}, server {robot.server})", "attached")
+        return slot
+
+    def detach(self, name: str, command: dict[str, Any], now: bool = False) -> Slot:
+        """Ask robot ``name``'s actor to leave: finish (or with ``now`` abort) its episode, flush what it queued,
+        end. :meth:`check` completes it; the result lands in :attr:`detached`."""
+        slot = self.robot_slot(name)
+        if slot is None:
+            names = sorted(s.robot.name for s in self.actors.values() if s.robot is not None)
+            raise ValueError(f"robot {name!r} is not part of this run (robots now: {names or 'none'})")
+        if slot.detaching is not None:
+            raise ValueError(f"robot {name!r} is already detaching")
+        slot.detaching = command
+        slot.handle.finish.remote(now)
+        self._event(slot.name, "detach requested" + (" (episode aborted)" if now else ""), "detaching")
+        return slot
+
+    def _detached(self, slot: Slot, final: dict[str, Any] | None, error: str | None) -> None:
+        assert slot.detaching is not None
+        if final is not None:
+            slot.stats = final
+        self._retire(slot)
+        st = slot.stats or {}
+        result = {"robot": slot.robot.name, "actor_id": slot.actor_id, "error": error,
+                  **{k: st.get(k) for k in ("episodes_written", "steps_written", "episodes_lost", "pending_episodes",
+                                            "env_steps")}}
+        self.detached.append((slot.detaching, result))
+        self._event(slot.name, "detached" + (f" ({error})" if error else ""), "detached")
+
+    def label(self, name: str, outcome: str) -> None:
+        """A person's success / failure label for robot ``name``'s episode in progress."""
+        slot = self.robot_slot(name)
+        if slot is None:
+            raise ValueError(f"robot {name!r} is not part of this run")
+        ray.get(slot.handle.label.remote(outcome), timeout=10)
+
+    def _retire(self, slot: Slot) -> None:
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        slot.run_ref, slot.health = None, "left"
+        self.actors.pop(slot.actor_id, None)
+        self.retired.append(slot)
 
     # ---- events --------------------------------------------------------------------------------------------
     def _event(self, component: str, what: str, action: str, **extra: Any) -> None:

@@ -14,6 +14,7 @@ that episode (nothing of it is stored) and resets. A step is never re-sent: whet
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any
 
@@ -51,6 +52,38 @@ class RobotLinkConfig:
     workspace_low: tuple[float, float, float] = (0.1, -0.15, -0.1)
     workspace_high: tuple[float, float, float] = (0.45, 0.25, 0.18)
     """The server's workspace box (Bridge's bounds): commands beyond it are not expected to move the arm."""
+
+
+class ServerUnreachable(EpisodeAborted, ConnectionError):
+    """No reply from the robot server (down or restarting): the episode is aborted, the actor tries again later."""
+
+
+class NotInitialised(EpisodeAborted):
+    """The server has not been initialised (it was restarted): ``init`` must be sent again."""
+
+
+class LabelSlot:
+    """A person's success / failure label for the episode in progress (the teleop keys, ``fleetrl label``).
+
+    Set from any thread; the env takes it at its next step. A label given between episodes is dropped at reset,
+    so it never ends the next episode."""
+
+    OUTCOMES = ("success", "failure")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcome: str | None = None
+
+    def set(self, outcome: str) -> None:
+        if outcome not in self.OUTCOMES:
+            raise ValueError(f"label: expected one of {self.OUTCOMES}, got {outcome!r}")
+        with self._lock:
+            self._outcome = outcome
+
+    def take(self) -> str | None:
+        with self._lock:
+            outcome, self._outcome = self._outcome, None
+        return outcome
 
 
 class RobotClient:
@@ -91,13 +124,21 @@ class RobotClient:
 
 
 class WidowXRobotEnv(gym.Env):
-    """One WidowX reached over the network; reward 0 unless a ``reward_fn(obs) -> (reward, success)`` is given."""
+    """One WidowX reached over the network.
+
+    Reward: 0 unless a ``reward_fn(obs) -> (reward, success)`` is given (e.g. a success classifier); a person's
+    label (:attr:`labels`) overrides it: ``success`` gives reward 1 and ends the episode as terminal, ``failure``
+    gives reward 0 and ends it as truncated (the operator stopped it; the state is not terminal)."""
 
     metadata = {"render_modes": [], "render_fps": 5}
 
-    def __init__(self, cfg: RobotLinkConfig | None = None, reward_fn: Any = None, **kwargs: Any):
+    def __init__(self, cfg: RobotLinkConfig | None = None, reward_fn: Any = None, terminate_on_success: bool = True,
+                 **kwargs: Any):
         self.cfg = cfg or RobotLinkConfig(**kwargs)
         self._reward_fn = reward_fn
+        self._terminate_on_success = terminate_on_success
+        self.labels = LabelSlot()
+        self._at_home = False
         self.client = RobotClient(self.cfg)
         s = self.cfg.image_size
         spaces: dict[str, gym.spaces.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32)}
@@ -114,13 +155,16 @@ class WidowXRobotEnv(gym.Env):
     # ---- protocol --------------------------------------------------------------------------------------------
     def handshake(self) -> None:
         reply = self.client.request({"type": "hash"})
-        if reply is None:
-            raise ConnectionError(f"robot server {self.cfg.server}: no reply to the handshake")
+        if reply is None:  # down or restarting: the episode is aborted and the actor tries again later
+            raise ServerUnreachable(f"robot server {self.cfg.server}: no reply to the handshake")
         if reply.get("payload") != BRIDGE_HASH:
             raise ConnectionError(f"robot server {self.cfg.server}: handshake mismatch: {reply.get('payload')!r}")
 
     def _act(self, key: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         reply = self.client.request({"type": "act", "key": key, "payload": payload})
+        if reply is not None and reply.get("status") == 3:  # a restarted server: init again before anything else
+            self._initialised = False
+            raise NotInitialised(f"{key}: the robot server is not initialised (restarted?)")
         if reply is not None and (reply.get("ok") is False or reply.get("status", 1) != 1):
             raise EpisodeAborted(f"{key}: {reply.get('error') or 'status ' + str(reply.get('status'))}")
         return reply
@@ -132,6 +176,9 @@ class WidowXRobotEnv(gym.Env):
             reply = self.client.request({"type": "obs"})
             if reply is not None and reply.get("ok", True) is not False and "state" in reply:
                 return self._convert(reply)
+            if reply is not None and "not initialised" in str(reply.get("error")):  # restarted while we waited
+                self._initialised = False
+                raise NotInitialised(f"robot server {self.cfg.server}: not initialised (restarted?)")
         raise EpisodeAborted(f"robot server {self.cfg.server}: no observation within {timeout_s:.0f} s")
 
     def _convert(self, reply: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -150,15 +197,38 @@ class WidowXRobotEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        if not self._initialised:
-            self.handshake()
-            # The first init builds the robot env (~10 s on a Bridge server): the reply may miss; poll instead.
-            self._act("init", {"env_params": self.cfg.env_params, "image_size": self.cfg.image_size})
-            self._initialised = True
-        self._act("reset", {})  # longer than the client timeout on a real arm: a missing reply is normal
-        obs = self._poll_obs(self.cfg.init_timeout_s)
+        self.labels.take()  # a label pressed after the last episode ended belongs to no episode
+        if self._at_home:  # go_home() just did it
+            self._at_home = False
+            obs = self._poll_obs(self.cfg.init_timeout_s)
+        else:
+            obs = self._reset_arm()
         self._stuck, self._last_state = 0, obs["state"]
         return obs, {"success": False}
+
+    def _reset_arm(self) -> dict[str, np.ndarray]:
+        if not self._initialised:
+            self._init()
+        try:
+            self._act("reset", {})  # longer than the client timeout on a real arm: a missing reply is normal
+            return self._poll_obs(self.cfg.init_timeout_s)
+        except NotInitialised:  # the server was restarted since our init
+            self._init()
+            self._act("reset", {})
+            return self._poll_obs(self.cfg.init_timeout_s)
+
+    def _init(self) -> None:
+        self.handshake()
+        # The first init builds the robot env (~10 s on a Bridge server): the reply may miss; poll instead.
+        self._act("init", {"env_params": self.cfg.env_params, "image_size": self.cfg.image_size})
+        self._initialised = True
+
+    def go_home(self) -> dict[str, np.ndarray]:
+        """Bring the arm to its start pose (gripper open) before anything else, e.g. when a restarted actor takes
+        over an arm its predecessor left mid-motion. The next :meth:`reset` does not move it again."""
+        obs = self._reset_arm()
+        self._at_home = True
+        return obs
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         a = np.clip(np.asarray(action, np.float64).reshape(7), -1.0, 1.0)
@@ -173,7 +243,12 @@ class WidowXRobotEnv(gym.Env):
         obs = self._convert(reply)
         self._check_follows(obs["state"], delta)
         reward, success = self._reward_fn(obs) if self._reward_fn is not None else (0.0, False)
-        return obs, float(reward), False, False, {"success": bool(success)}
+        label = self.labels.take()
+        if label is not None:  # a person's word beats the classifier's
+            reward, success = (1.0, True) if label == "success" else (0.0, False)
+        terminated = bool(success) and (self._terminate_on_success or label == "success")
+        truncated = label == "failure"
+        return obs, float(reward), terminated, truncated, {"success": bool(success), "label": label}
 
     def _check_follows(self, state: np.ndarray, delta: np.ndarray) -> None:
         """A Bridge server drops targets its IK cannot reach without a word: the arm then stands still however
@@ -197,11 +272,32 @@ class WidowXRobotEnv(gym.Env):
         self.client.close()
 
 
+def robot_transition_spec(robot: Any) -> Any:
+    """The transition spec ``robot``'s actor will have (checked before one is started; nothing is contacted)."""
+    from fleetrl.types import TransitionSpec
+
+    env = WidowXRobotEnv(RobotLinkConfig(server=robot.server, legacy_pickle=robot.legacy_pickle, image=robot.image,
+                                         image_size=robot.image_size))
+    try:
+        return TransitionSpec.from_spaces(env.observation_space, env.action_space)
+    finally:
+        env.close()
+
+
 def make_robot_env(robot: Any, env_cfg: Any) -> gym.Env:
     """The env of a robot actor: ``robots[i]`` of the config, with the run env's time limit and success rule."""
     from fleetrl.envs.gym_adapter import FleetEnv
 
+    reward_fn = None
+    if robot.reward_classifier is not None:
+        from fleetrl.envs.success_reward import ClassifierReward
+
+        reward_fn = ClassifierReward(robot.reward_classifier, threshold=robot.reward_threshold)
+        if reward_fn.image_size != robot.image_size:
+            raise ValueError(f"robots[{robot.name}].reward_classifier: {robot.reward_classifier} was trained on "
+                             f"{reward_fn.image_size} px frames, the robot sends image_size {robot.image_size}")
     env = WidowXRobotEnv(RobotLinkConfig(server=robot.server, token=robot.token, legacy_pickle=robot.legacy_pickle,
-                                         image=robot.image, image_size=robot.image_size))
+                                         image=robot.image, image_size=robot.image_size),
+                         reward_fn=reward_fn, terminate_on_success=robot.terminate_on_success)
     steps = env_cfg.max_episode_steps or 60  # Bridge tasks: 60-step episodes
     return FleetEnv(gym.wrappers.TimeLimit(env, max_episode_steps=steps), success="info")

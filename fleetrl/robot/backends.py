@@ -23,6 +23,9 @@ class RobotBackend(Protocol):
     def observe(self) -> dict[str, np.ndarray]:
         """``state`` float32 (7,), ``joints`` float32 (6,), ``image`` uint8 (S, S, 3)."""
 
+    def tcp_state(self) -> np.ndarray:
+        """``state`` alone (no camera frame): what the safety checks need before a command."""
+
     def step(self, delta: np.ndarray) -> None:
         """One control step: TCP deltas (6,) in m / rad about the previous target, gripper (1,) in [0, 1]."""
 
@@ -34,6 +37,9 @@ class RobotBackend(Protocol):
 
     def hold(self) -> None:
         """Keep the arm where it is now (watchdog, e-stop, or a client gone)."""
+
+    def clock(self) -> float:
+        """Seconds on the arm's own clock (the physics time of a simulation, wall time for a real arm)."""
 
     def close(self) -> None: ...
 
@@ -63,6 +69,12 @@ class SimBackend:
 
     def observe(self) -> dict[str, np.ndarray]:
         return self._need()._obs()
+
+    def tcp_state(self) -> np.ndarray:
+        return self._need().sim.state().astype(np.float32)
+
+    def clock(self) -> float:
+        return float(self._need().sim.data.time)  # the simulated arm moves in physics time, not wall time
 
     def step(self, delta: np.ndarray) -> None:
         env = self._need()
@@ -143,6 +155,13 @@ class InterbotixBackend:  # pragma: no cover - needs the Interbotix ROS stack an
         state = np.concatenate([pose[:3, 3], bridge_rpy(pose[:3, :3]), [grip]]).astype(np.float32)
         return {"state": state, "joints": joints, "image": image.astype(np.uint8)}
 
+    def tcp_state(self) -> np.ndarray:
+        from fleetrl.envs.widowx.control import bridge_rpy
+
+        pose = np.asarray(self._bot.arm.get_ee_pose())
+        grip = float(self._bot.gripper.gripper_value) if hasattr(self._bot.gripper, "gripper_value") else 1.0
+        return np.concatenate([pose[:3, 3], bridge_rpy(pose[:3, :3]), [grip]]).astype(np.float32)
+
     @staticmethod
     def _interbotix_pose(pose: np.ndarray) -> list[float]:
         """Bridge pose (rpy 0 = gripper down) as Interbotix's (rpy 0 = the zero pose's identity orientation)."""
@@ -174,6 +193,11 @@ class InterbotixBackend:  # pragma: no cover - needs the Interbotix ROS stack an
 
     def idle(self) -> None:
         pass
+
+    def clock(self) -> float:
+        import time
+
+        return time.monotonic()
 
     def close(self) -> None:
         if self._camera is not None:

@@ -51,6 +51,10 @@ class Safety:
     workspace_low: tuple[float, float, float] = (0.1, -0.15, -0.1)
     workspace_high: tuple[float, float, float] = (0.45, 0.25, 0.18)
     watchdog_s: float = 1.0
+    max_speed_m_s: float = 0.25
+    max_speed_rad_s: float = 1.25
+    """Velocity limits: a step may move at most speed x the time since the previous step (on the arm's own clock),
+    so a client stepping faster than 5 Hz gets proportionally smaller steps, never a faster arm."""
 
 
 class RequestError(ValueError):
@@ -97,6 +101,7 @@ class RobotServer:
             self._sock.bind(f"tcp://{bind}:{port}")
             self.port = port
         self.initialised = False
+        self._last_step_at: float | None = None  # the backend's clock at the previous step (velocity limit)
         self.state = "idle"  # idle | active | holding | estop
         self._last_command = time.monotonic()
         self._stop = threading.Event()
@@ -176,7 +181,7 @@ class RobotServer:
         if not isinstance(size, int) or not 16 <= size <= 512:
             raise RequestError(f"payload.image_size: expected an int in [16, 512], got {size!r}")
         self.backend.init(size)
-        self.initialised, self.state = True, "idle"
+        self.initialised, self.state, self._last_step_at = True, "idle", None
 
     def _act_step_action(self, payload: Any) -> None:
         p = _check_keys(payload, {"action", "blocking"}, "payload")
@@ -185,11 +190,14 @@ class RobotServer:
             raise RequestError("step_action: refused, the watchdog is holding the arm (send reset to start a new "
                                "episode)")
         s = self.safety
-        delta = np.concatenate([np.clip(action[:3], -s.max_step_m, s.max_step_m),
-                                np.clip(action[3:6], -s.max_step_rad, s.max_step_rad),
+        now = self.backend.clock()
+        dt = CONTROL_PERIOD_S if self._last_step_at is None else max(now - self._last_step_at, 0.0)
+        self._last_step_at = now
+        lin, ang = min(s.max_step_m, s.max_speed_m_s * dt), min(s.max_step_rad, s.max_speed_rad_s * dt)
+        delta = np.concatenate([np.clip(action[:3], -lin, lin), np.clip(action[3:6], -ang, ang),
                                 [np.clip(action[6], 0.0, 1.0)]])
         # Keep the target inside the box: shorten the step instead of letting the arm press on the boundary.
-        pos = self.backend.observe()["state"][:3]
+        pos = self.backend.tcp_state()[:3]
         delta[:3] = np.clip(pos + delta[:3], s.workspace_low, s.workspace_high) - pos
         self.backend.step(delta)
         self._commanded()
@@ -199,10 +207,12 @@ class RobotServer:
         pose = _array(p, "pose", (6,))
         s = self.safety
         pose[:3] = np.clip(pose[:3], s.workspace_low, s.workspace_high)
-        here = self.backend.observe()["state"][:6]
-        # No faster than the step limits allow: at least this many control periods.
-        periods = max(np.max(np.abs(pose[:3] - here[:3])) / s.max_step_m,
-                      np.max(np.abs(pose[3:] - here[3:])) / s.max_step_rad, 1.0)
+        here = self.backend.tcp_state()[:6]
+        # No faster than the step and velocity limits allow: at least this many control periods.
+        per_period_m = min(s.max_step_m, s.max_speed_m_s * CONTROL_PERIOD_S)
+        per_period_rad = min(s.max_step_rad, s.max_speed_rad_s * CONTROL_PERIOD_S)
+        periods = max(np.max(np.abs(pose[:3] - here[:3])) / per_period_m,
+                      np.max(np.abs(pose[3:] - here[3:])) / per_period_rad, 1.0)
         duration = p.get("duration", CONTROL_PERIOD_S)
         if not isinstance(duration, (int, float)) or duration <= 0:
             raise RequestError(f"payload.duration: expected a positive number, got {duration!r}")
@@ -220,6 +230,7 @@ class RobotServer:
     def _act_reset(self, payload: Any) -> None:
         _check_keys(payload, set(), "payload")
         self.backend.reset()
+        self._last_step_at = None
         self.state = "idle"  # a reset ends a watchdog hold: the client starts a new episode
         self._last_command = time.monotonic()
 
