@@ -69,6 +69,9 @@ def test_episode_over_the_socket_matches_the_sim_conventions(served_sim):
         assert obs["state"][0] - start[0] > 0.12 and abs(obs["state"][1] - start[1]) < 0.02
         assert (reward, terminated, truncated) == (0.0, False, False)
         assert obs["image"].std() > 0  # a real rendered frame
+        # A client without a camera asks for state and joints only: the server sends no frame.
+        lean = _raw(served_sim, wire.encode({"type": "obs", "token": "s3cret", "keys": ["state", "joints"]}))
+        assert lean["ok"] and "image" not in lean and np.allclose(lean["state"], obs["state"], atol=1e-4)
     finally:
         env.close()
         sim.close()
@@ -99,6 +102,7 @@ def _raw(cfg: RobotLinkConfig, payload: bytes) -> dict:
     ({"type": "act", "token": "s3cret", "key": "step_action", "payload": {"action": np.full(7, np.nan)}},
      "finite"),
     ({"type": "act", "token": "s3cret", "key": "init", "payload": {"image_size": "big"}}, "payload.image_size"),
+    ({"type": "obs", "token": "s3cret", "keys": "image"}, "keys: expected a list of observation names"),
 ])
 def test_malformed_requests_get_an_error_naming_the_field(served_sim, message, expected):
     reply = _raw(served_sim, wire.encode(message))
@@ -416,3 +420,24 @@ def test_the_robot_env_takes_its_reward_from_a_success_classifier(local_server, 
     with pytest.raises(ValueError, match=r"robots\[w\].reward_classifier: .* 32 px frames, the robot sends "
                                          r"image_size 64"):
         make_robot_env(robot_from_dict({**robot, "image_size": 64}), env_cfg)
+
+
+def test_move_and_gripper_commands_reach_the_arm(local_server):
+    server, cfg = local_server
+    env = WidowXRobotEnv(cfg)
+    try:
+        start, _ = env.reset()
+        target = np.array([0.32, 0.08, 0.10, 0.0, 0.0, 0.3])
+        obs = env.move_to(target, duration_s=1.0)
+        np.testing.assert_allclose(obs["state"][:3], target[:3], atol=0.01)
+        assert abs(obs["state"][5] - 0.3) < 0.05
+        out_of_box = env.move_to(np.array([0.8, 0.0, 0.5, 0, 0, 0]), duration_s=0.4)  # clipped to the workspace
+        assert out_of_box["state"][0] <= Safety().workspace_high[0] + 0.01
+        assert out_of_box["state"][2] <= Safety().workspace_high[2] + 0.01
+        closed = None
+        for _ in range(5):  # the fingers take a few control periods to close
+            closed = env.set_gripper(False)
+        assert closed["state"][6] < start["state"][6] - 0.3
+        assert env.set_gripper(True)["state"][6] > closed["state"][6]
+    finally:
+        env.close()

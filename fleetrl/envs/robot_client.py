@@ -148,6 +148,11 @@ class WidowXRobotEnv(gym.Env):
             spaces["image"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        # A fleetrl server renders and sends no frame to a client without a camera; a Bridge server gets its own
+        # request form.
+        keys = list(spaces)
+        self._obs_request = {"type": "obs"} if self.cfg.legacy_pickle or self.cfg.image else {"type": "obs",
+                                                                                                "keys": keys}
         self._initialised = False
         self._stuck = 0
         self._last_state: np.ndarray | None = None
@@ -173,7 +178,7 @@ class WidowXRobotEnv(gym.Env):
         """Ask for observations until one arrives: slow ``init`` / ``reset`` block the lock-step server."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            reply = self.client.request({"type": "obs"})
+            reply = self.client.request(self._obs_request)
             if reply is not None and reply.get("ok", True) is not False and "state" in reply:
                 return self._convert(reply)
             if reply is not None and "not initialised" in str(reply.get("error")):  # restarted while we waited
@@ -230,12 +235,30 @@ class WidowXRobotEnv(gym.Env):
         self._at_home = True
         return obs
 
+    def move_to(self, pose: np.ndarray, duration_s: float = 1.0) -> dict[str, np.ndarray]:
+        """Move the TCP to an absolute pose ``(x, y, z, roll, pitch, yaw)`` (m, rad; Bridge convention) and return
+        the observation once there. A long move outlasts the 800 ms reply timeout: the observation is polled, as
+        after ``reset``. The server clips the pose to its workspace and slows the move to its velocity limits."""
+        pose = np.asarray(pose, np.float64).reshape(6)
+        self._act("move", {"pose": pose, "duration": float(duration_s), "blocking": True})
+        obs = self._poll_obs(duration_s + self.cfg.init_timeout_s)
+        self._stuck, self._last_state = 0, obs["state"]
+        return obs
+
+    def set_gripper(self, open_: bool) -> dict[str, np.ndarray]:
+        """Open (True) or close the gripper; returns the observation after it."""
+        if self._act("gripper", {"open": 1.0 if open_ else 0.0}) is None:
+            raise EpisodeAborted("gripper: no reply within the timeout (not re-sent)")
+        obs = self._poll_obs(self.cfg.init_timeout_s)
+        self._last_state = obs["state"]
+        return obs
+
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         a = np.clip(np.asarray(action, np.float64).reshape(7), -1.0, 1.0)
         delta = np.concatenate([a[:3] * POS_SCALE, a[3:6] * ROT_SCALE, [(a[6] + 1.0) / 2.0]])
         if self._act("step_action", {"action": delta, "blocking": True}) is None:
             raise EpisodeAborted("step_action: no reply within the timeout (not re-sent: it may have run)")
-        reply = self.client.request({"type": "obs"})
+        reply = self.client.request(self._obs_request)
         if reply is None or reply.get("ok") is False:
             raise EpisodeAborted("obs after step: " + ("no reply" if reply is None else str(reply.get("error"))))
         if reply.get("robot_state") == "holding":

@@ -20,8 +20,9 @@ class RobotBackend(Protocol):
     def init(self, image_size: int) -> None:
         """Prepare the arm and camera; observations come at ``image_size`` pixels square."""
 
-    def observe(self) -> dict[str, np.ndarray]:
-        """``state`` float32 (7,), ``joints`` float32 (6,), ``image`` uint8 (S, S, 3)."""
+    def observe(self, image: bool = True) -> dict[str, np.ndarray]:
+        """``state`` float32 (7,), ``joints`` float32 (6,), and ``image`` uint8 (S, S, 3) unless ``image`` is
+        False."""
 
     def tcp_state(self) -> np.ndarray:
         """``state`` alone (no camera frame): what the safety checks need before a command."""
@@ -67,8 +68,11 @@ class SimBackend:
             raise RuntimeError("not initialised: send init first")
         return self.env
 
-    def observe(self) -> dict[str, np.ndarray]:
-        return self._need()._obs()
+    def observe(self, image: bool = True) -> dict[str, np.ndarray]:
+        env = self._need()
+        if image:
+            return env._obs()
+        return {"state": env.sim.state(), "joints": env.sim.joints()}
 
     def tcp_state(self) -> np.ndarray:
         return self._need().sim.state().astype(np.float32)
@@ -140,20 +144,16 @@ class InterbotixBackend:  # pragma: no cover - needs the Interbotix ROS stack an
         self._camera = cv2.VideoCapture(self._camera_index)
         self.reset()
 
-    def observe(self) -> dict[str, np.ndarray]:
+    def observe(self, image: bool = True) -> dict[str, np.ndarray]:
         import cv2
 
-        from fleetrl.envs.widowx.control import bridge_rpy
-
-        pose = np.asarray(self._bot.arm.get_ee_pose())
-        ok, frame = self._camera.read() if self._camera is not None else (False, None)
-        if not ok:
-            raise RuntimeError("camera: no frame")
-        image = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), (self._size, self._size))
-        joints = np.asarray(self._bot.arm.get_joint_commands(), np.float32)
-        grip = float(self._bot.gripper.gripper_value) if hasattr(self._bot.gripper, "gripper_value") else 1.0
-        state = np.concatenate([pose[:3, 3], bridge_rpy(pose[:3, :3]), [grip]]).astype(np.float32)
-        return {"state": state, "joints": joints, "image": image.astype(np.uint8)}
+        obs = {"state": self.tcp_state(), "joints": np.asarray(self._bot.arm.get_joint_commands(), np.float32)}
+        if image:
+            ok, frame = self._camera.read() if self._camera is not None else (False, None)
+            if not ok:
+                raise RuntimeError("camera: no frame")
+            obs["image"] = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), (self._size, self._size)).astype(np.uint8)
+        return obs
 
     def tcp_state(self) -> np.ndarray:
         from fleetrl.envs.widowx.control import bridge_rpy
@@ -183,11 +183,11 @@ class InterbotixBackend:  # pragma: no cover - needs the Interbotix ROS stack an
     def reset(self) -> None:
         self._bot.gripper.open(delay=1.0)
         self._bot.arm.go_to_home_pose()
-        self._target = np.asarray(self.observe()["state"][:6], np.float64) if self._camera else self._target
+        self._target = np.asarray(self.tcp_state()[:6], np.float64)
 
     def hold(self) -> None:
         # Re-command the measured pose: the servos stay where the arm is instead of finishing a move.
-        pose = self.observe()["state"][:6]
+        pose = self.tcp_state()[:6]
         self._target = np.asarray(pose, np.float64)
         self._bot.arm.set_ee_pose_components(*self._interbotix_pose(self._target), moving_time=0.5, blocking=False)
 

@@ -157,9 +157,14 @@ class RobotServer:
         if kind == "hash":
             return {"payload": BRIDGE_HASH}
         if kind == "obs":
+            keys = request.get("keys")
+            if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+                raise RequestError("keys: expected a list of observation names, e.g. ['state', 'joints']")
             if not self.initialised:
                 raise RequestError("obs: not initialised (send act init first)")
-            return {**self.backend.observe(), "robot_state": self.state}
+            # A client without a camera asks for state and joints only: no frame is rendered or sent.
+            obs = self.backend.observe(image=keys is None or "image" in keys)
+            return {**obs, "robot_state": self.state}
         if kind != "act":
             raise RequestError(f"type: unknown request type {kind!r} (known: hash, obs, act)")
         key = request.get("key")
