@@ -299,6 +299,36 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class DemosConfig:
+    """People's actions (HIL-SERL): table ``demos`` and its share of every learner batch."""
+
+    ratio: float = Field(0.0, ge=0, lt=1)
+    """Fraction of every learner batch sampled from table ``demos`` (HIL-SERL: 0.5). The table holds every step a
+    person took over (they are in ``online`` too, marked ``is_intervention``) and the seed ``datasets``. The learner
+    samples once the table holds a transition. 0: no demos table."""
+    capacity: int = Field(200_000, ge=1)
+    """Most transitions ``demos`` keeps (the oldest are evicted beyond it; seeds must fit)."""
+    datasets: tuple[DatasetConfig, ...] = ()
+    """Recorded demonstrations that seed ``demos`` at the start (HIL-SERL seeds about 20 episodes), e.g. written by
+    ``fleetrl collect --teleop``. Needs ``ratio`` > 0."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TeleopConfig:
+    """A person taking over an actor (``fleetrl teleop``, ``fleetrl console``)."""
+
+    enabled: bool = True
+    """Every actor opens a teleop endpoint (ZeroMQ, token-checked; shown in ``status.json``)."""
+    timeout_s: float = Field(0.5, gt=0)
+    """An operator silent this long has let go: control goes back (``on_disconnect``)."""
+    on_disconnect: Literal["policy", "hold"] = "policy"
+    """After a dropped operator: the policy acts again, or (``hold``) the actor sends zero motion with the gripper
+    as it was, and keeps it until the operator is back or releases (robots near people)."""
+    bind: str = "0.0.0.0"
+    """Interface the actors' teleop endpoints listen on (a random free port each)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class CheckpointConfig:
     """When the learner and the replay tables are saved."""
 
@@ -385,6 +415,8 @@ class TrainConfig:
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
+    demos: DemosConfig = Field(default_factory=DemosConfig)
+    teleop: TeleopConfig = Field(default_factory=TeleopConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
@@ -412,7 +444,27 @@ class TrainConfig:
                 raise ValueError(f"offline.ratio ({self.offline.ratio}) leaves {online} online and {offline} offline "
                                  f"rows of learner.batch_size {self.learner.batch_size}; each needs at least one "
                                  "(use no offline.datasets for online-only training)")
+        if self.demos.datasets and self.demos.ratio == 0:
+            raise ValueError("demos.datasets: seeds go to table demos, which needs demos.ratio > 0 (HIL-SERL: 0.5)")
+        if self.demos.ratio > 0:
+            rows = batch_rows(self)
+            if min(rows.values()) < 1:
+                raise ValueError(f"demos.ratio ({self.demos.ratio}) and offline.ratio leave the learner batch of "
+                                 f"{self.learner.batch_size} split as {rows}; each table needs at least one row")
         return self
+
+
+def batch_rows(cfg: TrainConfig) -> dict[str, int]:
+    """Rows of every learner batch per replay table: ``offline`` (``offline.ratio`` of it, with offline datasets),
+    ``demos`` (``demos.ratio``, when > 0) and ``online`` (the rest, which the update-to-data limiter counts)."""
+    size = cfg.learner.batch_size
+    rows: dict[str, int] = {}
+    if cfg.offline.datasets:
+        rows["offline"] = int(round(size * cfg.offline.ratio))
+    if cfg.demos.ratio > 0:
+        rows["demos"] = int(round(size * cfg.demos.ratio))
+    rows["online"] = size - sum(rows.values())
+    return rows
 
 
 def split_batch(batch_size: int, ratio: float) -> tuple[int, int]:

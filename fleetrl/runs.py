@@ -15,7 +15,7 @@ from fleetrl.config import ConfigError, TrainConfig, apply_overrides, config_fro
 CONFIG_FILE = "config.yaml"
 #: Keys a resumed run may change; everything else must equal the saved config.
 RESUMABLE_KEYS = ("name", "run_root", "total_env_steps", "max_wall_s", "actors.num_sim", "logging", "placement",
-                  "recovery", "robots")
+                  "recovery", "robots", "teleop")
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fleetrl.actors.intervention import HumanInput
 from fleetrl.core import EpisodeAborted, Policy
 from fleetrl.types import TransitionSpec, monte_carlo_returns
 
@@ -59,7 +60,7 @@ class EnvLoop:
                  gamma: float, seed: int, random_steps: int = 0, generation: int = 0,
                  max_steps_per_s: float | None = None,
                  returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None, first_episode_index: int = 0,
-                 swap_between_episodes: bool = False):
+                 swap_between_episodes: bool = False, human: HumanInput | None = None):
         self.env, self.spec, self._policy, self._sink = env, spec, policy, sink
         self.actor_id, self.gamma, self.generation = actor_id, gamma, generation
         # mc_return of every transition, computed once the episode is over (Cal-QL's floor; the learner's reward
@@ -79,6 +80,8 @@ class EnvLoop:
         # Robots: one policy per episode by default (a mid-episode change of behaviour on hardware is a surprise).
         self._swap_between_episodes = swap_between_episodes
         self._episode_policy: tuple[int, Policy | None] = (-1, None)
+        # A person who may take over (HIL-SERL): their action is executed and stored, marked is_intervention.
+        self._human = human
 
     @property
     def policy_version_in_use(self) -> int:
@@ -116,16 +119,25 @@ class EnvLoop:
                     return None
                 if self._min_step_s:
                     self._pace()
-                action, version = self._choose(obs)
+                human, by_person = self._human.poll() if self._human is not None else (None, False)
+                if human is not None:  # the person's (or a safety hold's) action replaces the policy's
+                    action, version = human, self.policy_version_in_use
+                else:
+                    action, version = self._choose(obs)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
+                if by_person:
+                    self._human.applied()  # type: ignore[union-attr]
                 rows.append(self.spec.make_step(
                     obs, action, reward=reward, terminated=terminated, truncated=truncated, mc_return=0.0,
-                    is_intervention=False, policy_version=version, actor_id=self.actor_id, episode_id=episode_id))
+                    is_intervention=by_person, policy_version=version, actor_id=self.actor_id,
+                    episode_id=episode_id))
                 rewards.append(reward)
                 versions.append(version)
                 obs = next_obs
                 self.total_steps += 1
                 self.episode_steps += 1
+                if self._human is not None and self._human.rerecord():
+                    raise EpisodeAborted("the operator asked to re-record the episode")
         except EpisodeAborted as exc:  # nothing of it is stored: its returns and last transitions are unknown
             self.episodes += 1
             return EpisodeStats(episode_id=episode_id, length=len(rows), ret=float(np.sum(rewards)), success=False,

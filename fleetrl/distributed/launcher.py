@@ -3,6 +3,7 @@ reports progress and ``status.json``, and shuts down cleanly."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -76,6 +77,8 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
     learner_steps = learner["learner_steps"]
     dt = max(now - prev.get("_t", t0), 1e-9)
     episodes = [e for a in actors for e in a["episodes"]]
+    steps = sum(e["length"] for e in episodes)
+    interventions = sum(e.get("interventions", 0) for e in episodes)
     if episodes:
         last_ep["episode_return"] = sum(e["ret"] for e in episodes) / len(episodes)
         last_ep["success_rate"] = sum(e["success"] for e in episodes) / len(episodes)
@@ -108,9 +111,21 @@ def _row(t0: float, prev: dict[str, Any], actors: list[dict], learner: dict, rep
         "policy_version": learner["policy_version"],
         "policy_lag": (learner_steps - min(versions)) if versions else None,
         "weight_latency_s": max(latencies) if latencies else None,
+        # Steps a person chose, over the episodes finished since the previous row (HIL-SERL's intervention rate).
+        "interventions": interventions, "intervention_rate": interventions / steps if steps else None,
         **last_ep, **robots,
         **{f"learner/{k}": v for k, v in learner["metrics"].items()},
     }
+
+
+def _log_episodes(run_dir: Any, actors: list[dict[str, Any]]) -> None:
+    """One line per finished episode in ``RUN_DIR/episodes.jsonl``: actor, return, success, length, how many steps a
+    person chose, the policy versions used, whether it was stored or aborted."""
+    lines = [json.dumps({"actor_id": a["actor_id"], "kind": a.get("kind"), "robot": a.get("robot"), **e})
+             for a in actors for e in a["episodes"]]
+    if lines:
+        with (run_dir / "episodes.jsonl").open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 def _serve_commands(fleet: Fleet, inbox: Inbox) -> None:
@@ -187,6 +202,7 @@ def _run(fleet: Fleet, plan: RunPlan, sink: MetricsSink, reporter: StatusReporte
         if stats["learner"] is None or stats["replay"] is None:
             continue
         row = _row(t0, prev, stats["actors"], stats["learner"], stats["replay"], plan, last_ep)
+        _log_episodes(run_dir, stats["actors"])
         sink.write({k: v for k, v in row.items() if not k.startswith("_")})
         reporter.write(row)
         prev = row

@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 OFFLINE_TABLE = "offline"
 
 
-def offline_table(spec: TransitionSpec, capacity: int) -> reverb.Table:
-    """Table ``offline``: uniform sampling, sampleable once it holds one item, never full enough to evict."""
+def offline_table(spec: TransitionSpec, capacity: int, name: str = OFFLINE_TABLE) -> reverb.Table:
+    """Table ``offline`` (or ``demos``): uniform sampling, sampleable once it holds one item, no ratio limiter;
+    ``offline`` is never filled beyond its capacity, ``demos`` evicts its oldest beyond it."""
     return reverb.Table(
-        name=OFFLINE_TABLE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+        name=name, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
         max_size=capacity, rate_limiter=reverb.rate_limiters.MinSize(1), signature=item_signature(spec))
 
 
@@ -62,15 +63,16 @@ class _StateStats:
 
 
 def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence[DatasetConfig], capacity: int,
-                 returns_fn: Callable[[np.ndarray, bool], np.ndarray]) -> dict[str, Any]:
-    """Insert every episode of ``datasets`` into table ``offline``; returns counts per dataset.
+                 returns_fn: Callable[[np.ndarray, bool], np.ndarray], table: str = OFFLINE_TABLE) -> dict[str, Any]:
+    """Insert every episode of ``datasets`` into ``table`` (``offline``, or ``demos`` for its seeds); returns counts
+    per dataset. Errors name the config section of the same name (``offline.datasets``, ``demos.capacity``).
 
     Each episode is checked against ``spec`` (keys, shapes, dtypes, finite values, actions in [-1, 1]) before any of
     its steps is written; a bad one raises :class:`DatasetError` naming the dataset, the episode and the key. More
     transitions than ``capacity`` raise too, before the episode that would overflow is written.
     """
     t0 = time.monotonic()
-    writer = EpisodeWriter(client, spec, table=OFFLINE_TABLE)
+    writer = EpisodeWriter(client, spec, table=table)
     stats = _StateStats(spec)
     total = episodes = 0
     per_dataset = []
@@ -79,17 +81,20 @@ def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence
             n_eps = n_steps = n_success = 0
             for i, episode in enumerate(open_dataset(source.path, source.format, source.obs_keys, source.split,
                                                      source.max_episodes)):
-                where = f"offline.datasets[{d}] {source.path}: episode {i} ({episode.label})"
+                where = f"{table}.datasets[{d}] {source.path}: episode {i} ({episode.label})"
                 if total + episode.length > capacity:
-                    raise DatasetError(f"{where}: the offline datasets hold more than offline.capacity ({capacity}) "
-                                       "transitions; raise offline.capacity or load fewer episodes")
+                    raise DatasetError(f"{where}: the {table} datasets hold more than {table}.capacity ({capacity}) "
+                                       f"transitions; raise {table}.capacity or load fewer episodes")
                 rows, padding = episode_rows(spec, episode, where, -(episodes + 1), returns_fn)
+                if table != OFFLINE_TABLE:  # demonstrations seeding `demos`: a person chose every action
+                    for row in rows:
+                        row["is_intervention"] = True
                 writer.write_episode(rows, padding)
                 stats.add(episode)
                 n_eps, n_steps, n_success = n_eps + 1, n_steps + episode.length, n_success + episode.is_success
                 episodes, total = episodes + 1, total + episode.length
             if n_eps == 0:
-                raise DatasetError(f"offline.datasets[{d}] {source.path}: holds no episodes")
+                raise DatasetError(f"{table}.datasets[{d}] {source.path}: holds no episodes")
             per_dataset.append({"path": source.path, "episodes": n_eps, "transitions": n_steps,
                                 "success_rate": n_success / n_eps})
         writer.flush()

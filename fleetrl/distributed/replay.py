@@ -25,10 +25,11 @@ import reverb
 import tensorflow as tf
 import torch
 
-from fleetrl.config import ReplayConfig, TrainConfig, split_batch
+from fleetrl.config import ReplayConfig, TrainConfig, batch_rows
 from fleetrl.types import SCALAR_FIELDS, ArraySpec, TransitionBatch, TransitionSpec
 
 ONLINE_TABLE = "online"
+DEMOS_TABLE = "demos"
 #: The writer waits whenever more than this many items are unconfirmed, checking every this many items, so at most
 #: twice as many are ever in flight (Reverb itself warns above about 50).
 MAX_PENDING_ITEMS = 16
@@ -102,19 +103,22 @@ class EpisodeWriter:
     """Writes finished episodes into Reverb through one ``TrajectoryWriter``.
 
     Items are created only once an episode is complete (its Monte-Carlo returns are known then), so an actor that
-    dies mid-episode stores nothing of that episode.
+    dies mid-episode stores nothing of that episode. With ``demo_table``, every transition a person chose
+    (``is_intervention``) gets a second item there over the same stored steps (no data is copied).
     """
 
     def __init__(self, client: reverb.Client, spec: TransitionSpec, table: str = ONLINE_TABLE,
-                 flush_timeout_ms: int = 1000, server_gone: Callable[[], bool] | None = None):
+                 flush_timeout_ms: int = 1000, server_gone: Callable[[], bool] | None = None,
+                 demo_table: str | None = None):
         self._writer = client.trajectory_writer(num_keep_alive_refs=2)
-        self._spec, self._table = spec, table
+        self._spec, self._table, self._demo_table = spec, table, demo_table
         self._flush_timeout_ms = flush_timeout_ms
         # Asked after every flush that timed out: True means the server no longer answers (a dead server and a
         # blocking rate limiter look alike to the writer). The write is abandoned then and ``broken`` set.
         self._server_gone = server_gone
         self.broken = False
         self.items_created = 0
+        self.demo_items_created = 0
 
     def write_episode(self, rows: Sequence[Mapping[str, Any]], padding_row: Mapping[str, Any],
                       should_stop: Callable[[], bool] = lambda: False) -> bool:
@@ -131,7 +135,7 @@ class EpisodeWriter:
         for i, step in enumerate(pack_episode(self._spec, rows, padding_row)):
             writer.append(step)
             if i >= 1:  # never a window across two episodes: the first row of an episode only opens one
-                self._create_item()
+                self._create_item(demo=self._demo_table is not None and bool(rows[i - 1]["is_intervention"]))
             # Bound the unconfirmed items: memory on both sides stays small while the limiter blocks inserts.
             if i % MAX_PENDING_ITEMS == MAX_PENDING_ITEMS - 1 and not self._flush(MAX_PENDING_ITEMS, should_stop):
                 return False
@@ -158,12 +162,15 @@ class EpisodeWriter:
                 if should_stop():
                     return False
 
-    def _create_item(self) -> None:
+    def _create_item(self, demo: bool = False) -> None:
         hist = self._writer.history
         trajectory = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
                       "f32": hist["f32"][-2], "i64": hist["i64"][-2]}
         self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
         self.items_created += 1
+        if demo:
+            self._writer.create_item(self._demo_table, priority=1.0, trajectory=trajectory)
+            self.demo_items_created += 1
 
     def close(self, timeout_ms: int = 2000) -> None:
         """Send what is pending (waiting at most ``timeout_ms``; not at all once ``broken``), then close."""
@@ -258,14 +265,14 @@ class BatchSource:
 
 
 class MixedBatchSource:
-    """Batches of ``offline`` rows from one table and ``online`` rows from another, concatenated (offline first).
+    """Batches made of a fixed number of rows from each of several tables, concatenated in the order given.
 
-    Each part has its own :class:`BatchSource`; a batch is ready once both parts are. Cal-QL / RLPD sample every
-    batch half offline, half online (``offline.ratio``)."""
+    Each part has its own :class:`BatchSource`; a batch is ready once every part is. Cal-QL / RLPD sample every
+    batch half offline, half online (``offline.ratio``); HIL-SERL half from people's actions (``demos.ratio``)."""
 
-    def __init__(self, first: BatchSource, second: BatchSource):
-        self._parts = (first, second)
-        self._pending: list[TransitionBatch | None] = [None, None]
+    def __init__(self, *parts: BatchSource):
+        self._parts = parts
+        self._pending: list[TransitionBatch | None] = [None] * len(parts)
 
     def next(self, timeout_s: float = 1.0) -> TransitionBatch | None:
         deadline = time.monotonic() + timeout_s
@@ -275,10 +282,14 @@ class MixedBatchSource:
                 if left <= 0:
                     return None  # what arrived stays pending for the next call
                 self._pending[i] = source.next(timeout_s=left)
-        first, second = self._pending
-        self._pending = [None, None]
-        assert first is not None and second is not None
-        return concat_batches(first, second)
+        batches = self._pending
+        self._pending = [None] * len(self._parts)
+        out = batches[0]
+        assert out is not None
+        for other in batches[1:]:
+            assert other is not None
+            out = concat_batches(out, other)
+        return out
 
     def close(self, timeout_s: float = 1.0) -> None:
         for source in self._parts:
@@ -295,18 +306,19 @@ def concat_batches(a: TransitionBatch, b: TransitionBatch) -> TransitionBatch:
 
 def make_batch_source(address: str, spec: TransitionSpec, cfg: TrainConfig, device: torch.device | str,
                       offline_only: bool = False) -> BatchSource | MixedBatchSource:
-    """The learner's batches: all ``online``; or ``offline.ratio`` of each from ``offline`` when the run has offline
-    datasets; or all ``offline`` (``offline_only``, for pretraining)."""
+    """The learner's batches: all ``online``; or, per :func:`fleetrl.config.batch_rows`, ``offline.ratio`` of each
+    from ``offline`` (offline datasets) and ``demos.ratio`` from ``demos`` (people's actions), in that order, the
+    rest ``online``; or all ``offline`` (``offline_only``, for pretraining)."""
     from fleetrl.distributed.offline import OFFLINE_TABLE
 
     size, prefetch = cfg.learner.batch_size, cfg.learner.prefetch_batches
     if offline_only:
         return BatchSource(address, spec, size, device, prefetch, table=OFFLINE_TABLE)
-    if not cfg.offline.datasets:
+    rows = batch_rows(cfg)
+    if len(rows) == 1:
         return BatchSource(address, spec, size, device, prefetch)
-    offline_rows, online_rows = split_batch(size, cfg.offline.ratio)
-    return MixedBatchSource(BatchSource(address, spec, offline_rows, device, prefetch, table=OFFLINE_TABLE),
-                            BatchSource(address, spec, online_rows, device, prefetch))
+    return MixedBatchSource(*(BatchSource(address, spec, n, device, prefetch, table=table)
+                              for table, n in rows.items()))
 
 
 def limit_tf_threads(n: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from fleetrl.config import TrainConfig, split_batch
+from fleetrl.config import TrainConfig, batch_rows
 from fleetrl.datasets.episode import DatasetError
 from fleetrl.types import TransitionSpec
 
@@ -50,8 +50,9 @@ def limiter_state(info: Any) -> str:
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class ReplayServer:
-    """Runs a ``reverb.Server`` with table ``online`` (and ``offline`` when the run has offline datasets); restores
-    the newest checkpoint in ``checkpoint_dir``, then loads the offline datasets unless the restored table holds them.
+    """Runs a ``reverb.Server`` with table ``online`` (``offline`` when the run has offline datasets, ``demos`` when
+    ``demos.ratio`` > 0); restores the newest checkpoint in ``checkpoint_dir``, then loads the offline datasets and
+    the demos' seeds unless the restored tables hold them.
 
     ``launch_id`` names this start of the run (the driver's): inserts are counted from it, across incarnations.
     Threaded (Reverb's client is thread-safe), so ``stats`` answers while a long ``checkpoint`` runs."""
@@ -60,7 +61,7 @@ class ReplayServer:
         import reverb
 
         from fleetrl.distributed.offline import OFFLINE_TABLE, load_offline, offline_table, table_size
-        from fleetrl.distributed.replay import ONLINE_TABLE, inserts_completed, online_table
+        from fleetrl.distributed.replay import DEMOS_TABLE, ONLINE_TABLE, inserts_completed, online_table
         from fleetrl.learners.builder import returns_fn
 
         self._dir = pathlib.Path(checkpoint_dir)
@@ -69,14 +70,14 @@ class ReplayServer:
         self._started_at = time.time()
         self._table = ONLINE_TABLE
         self._inserts_completed = inserts_completed
-        has_offline = bool(cfg.offline.datasets)
-        self._tables = [ONLINE_TABLE, *([OFFLINE_TABLE] if has_offline else [])]
+        has_offline, has_demos = bool(cfg.offline.datasets), cfg.demos.ratio > 0
+        self._tables = [ONLINE_TABLE, *([OFFLINE_TABLE] if has_offline else []), *([DEMOS_TABLE] if has_demos else [])]
         # The ratio limiter counts online samples only: each update draws the online share of a batch from it.
-        online_rows = split_batch(cfg.learner.batch_size, cfg.offline.ratio)[1] if has_offline else \
-            cfg.learner.batch_size
-        tables = [online_table(spec, cfg.replay, online_rows)]
+        tables = [online_table(spec, cfg.replay, batch_rows(cfg)["online"])]
         if has_offline:
             tables.append(offline_table(spec, cfg.offline.capacity))
+        if has_demos:
+            tables.append(offline_table(spec, cfg.demos.capacity, name=DEMOS_TABLE))
         record = self._read_record()
         self._server = reverb.Server(tables=tables, port=cfg.replay.port or None,
                                      checkpointer=reverb.checkpointers.DefaultCheckpointer(path=str(self._dir)))
@@ -92,17 +93,21 @@ class ReplayServer:
         self.restored_from = record if same_launch else None
         self._last_checkpoint = record
         self.offline: dict[str, Any] | None = None
+        self.demos: dict[str, Any] | None = None
         self._load_error: Exception | None = None
-        if has_offline:
-            restored = table_size(self._client, OFFLINE_TABLE)
-            if restored:
-                self.offline = {"transitions": restored, "restored": True}
-            else:
-                try:
-                    self.offline = load_offline(self._client, spec, cfg.offline.datasets, cfg.offline.capacity,
-                                                returns_fn(cfg.learner))
-                except DatasetError as exc:  # raised to the driver by address(), as a DatasetError
-                    self._load_error = exc
+        try:
+            if has_offline:
+                restored = table_size(self._client, OFFLINE_TABLE)
+                self.offline = {"transitions": restored, "restored": True} if restored else load_offline(
+                    self._client, spec, cfg.offline.datasets, cfg.offline.capacity, returns_fn(cfg.learner))
+            if has_demos:  # seeds, unless the restored table has them (and whatever people did since)
+                restored = table_size(self._client, DEMOS_TABLE)
+                seeded = bool(restored) or not cfg.demos.datasets
+                self.demos = {"transitions": restored, "restored": bool(restored)} if seeded else load_offline(
+                    self._client, spec, cfg.demos.datasets, cfg.demos.capacity, returns_fn(cfg.learner),
+                    table=DEMOS_TABLE)
+        except DatasetError as exc:  # raised to the driver by address(), as a DatasetError
+            self._load_error = exc
         self._ready_at = time.time()
 
     def _read_record(self) -> dict[str, Any] | None:
@@ -129,6 +134,10 @@ class ReplayServer:
     def offline_summary(self) -> dict[str, Any] | None:
         """What was loaded into ``offline`` (None without offline data)."""
         return self.offline
+
+    def demos_summary(self) -> dict[str, Any] | None:
+        """What seeded ``demos`` (None without a demos table)."""
+        return self.demos
 
     def _inserts(self) -> int:
         """Items inserted into ``online`` in this launch, across incarnations, counting only what survived."""

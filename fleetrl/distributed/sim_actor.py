@@ -34,7 +34,7 @@ class SimActor:
 
     def __init__(self, actor_id: int, cfg: TrainConfig, spec: TransitionSpec, replay: Any,
                  weight_store: Any, policy_factory: Callable[[int], Policy], generation: int = 0,
-                 resumed: bool = False, incarnation: int = 0, robot: Any = None):
+                 resumed: bool = False, incarnation: int = 0, robot: Any = None, teleop_token: str | None = None):
         import torch
 
         from fleetrl.actors.env_loop import EnvLoop
@@ -58,6 +58,7 @@ class SimActor:
         # A restarted actor (incarnation > 0) draws other episodes and numbers them after its predecessor's.
         seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation + 10_000_000 * incarnation
         self._spec, self.robot = spec, robot
+        self._demos = cfg.demos.ratio > 0
         self._link = ReplayLink(replay)
         self._probe = StallProbe(self._link, cfg.recovery.probe_after_s)
         self._writer = self._new_writer()
@@ -70,6 +71,7 @@ class SimActor:
         self._items_by_replay: dict[str, int] = {}
         self._counted_writer: Any = None  # a dropped writer whose items are already in _items_by_replay
         self._weights = WeightSubscriber(weight_store, policy_factory(seed), cfg.actors.weight_poll_timeout_s)
+        self._takeover, self._teleop = self._open_teleop(cfg, env, teleop_token)
         # A resumed (or --init-from, or restarted) actor already has a trained policy: no random warm-up.
         self._loop = EnvLoop(env, spec, self._weights.current, self._sink, actor_id=actor_id,
                              gamma=cfg.learner.algo().gamma, seed=seed,
@@ -77,7 +79,8 @@ class SimActor:
                              generation=generation,
                              max_steps_per_s=robot.max_steps_per_s if robot else cfg.actors.max_steps_per_s,
                              returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20,
-                             swap_between_episodes=bool(robot) and robot.swap_weights == "episode")
+                             swap_between_episodes=bool(robot) and robot.swap_weights == "episode",
+                             human=self._takeover)
         self._stop = threading.Event()
         self._finish = threading.Event()  # detach: end after the episode in progress
         self._abort = threading.Event()  # detach --now: end the episode in progress now (it is not stored)
@@ -91,9 +94,23 @@ class SimActor:
     def _new_writer(self) -> Any:
         import reverb
 
-        from fleetrl.distributed.replay import EpisodeWriter
+        from fleetrl.distributed.replay import DEMOS_TABLE, EpisodeWriter
 
-        return EpisodeWriter(reverb.Client(self._link.address), self._spec, server_gone=self._probe.waited)
+        return EpisodeWriter(reverb.Client(self._link.address), self._spec, server_gone=self._probe.waited,
+                             demo_table=DEMOS_TABLE if self._demos else None)
+
+    def _open_teleop(self, cfg: TrainConfig, env: Any, token: str | None) -> tuple[Any, Any]:
+        """A person may take this actor over through its teleop endpoint (HIL-SERL); None, None when off."""
+        if not cfg.teleop.enabled or not token:
+            return None, None
+        from fleetrl.actors.intervention import Takeover
+        from fleetrl.actors.teleop_link import TeleopEndpoint
+
+        takeover = Takeover(int(self._spec.action.shape[0]), cfg.teleop.timeout_s, cfg.teleop.on_disconnect)
+        label = env.unwrapped.labels.set if self.robot is not None else None
+        endpoint = TeleopEndpoint(takeover, token, self.actor_id, cfg.teleop.bind, label=label,
+                                  steps=lambda: self._loop.total_steps)
+        return takeover, endpoint
 
     def _reconnect(self) -> bool:
         """The replay stopped answering: drop the writer (what it held is lost), find the replay again."""
@@ -210,11 +227,20 @@ class SimActor:
                 # Items created per replay incarnation (for counting what a replay crash lost).
                 "items_by_replay": self._items_by_replay_now(),
                 "weight_latency_s": self._weights.last_latency_s,
+                **self._teleop_stats(),
                 "episodes": [{"ret": e.ret, "length": e.length, "success": e.success, "episode_id": e.episode_id,
                               "versions": e.policy_versions, "interventions": e.interventions,
                               "written": e.written, "aborted": e.aborted} for e in episodes],
                 "uptime_s": time.monotonic() - self._started,
             }
+
+    def _teleop_stats(self) -> dict[str, Any]:
+        if self._teleop is None:
+            return {"teleop": None}
+        t = self._takeover.stats
+        return {"teleop": self._teleop.address(ray.util.get_node_ip_address()),
+                "controlled": self._takeover.controlling, "teleop_commands": t.commands, "teleop_drops": t.drops,
+                "teleop_latency_s": list(t.latency_s[-200:])}
 
     def _items_by_replay_now(self) -> dict[str, int]:
         counts = dict(self._items_by_replay)
@@ -228,6 +254,8 @@ class SimActor:
     def stop(self) -> None:
         self._stop.set()
         self._weights.close()
+        if self._teleop is not None:
+            self._teleop.close()
 
 
 class _ReplaySink:

@@ -54,6 +54,8 @@ class StatusReporter:
                 else None,
                 "episodes": st.get("episodes_written"),
                 "intervention_rate": (sum(e.get("interventions", 0) for e in episodes) / steps) if steps else None,
+                "interventions": sum(e.get("interventions", 0) for e in episodes),
+                "teleop": st.get("teleop"), "controlled": st.get("controlled"),
                 "success_rate": (sum(e["success"] for e in episodes) / len(episodes)) if episodes else None,
                 "episode_return": (sum(e["ret"] for e in episodes) / len(episodes)) if episodes else None,
             })

@@ -20,7 +20,9 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import pathlib
+import secrets
 import time
 import uuid
 from typing import Any
@@ -38,6 +40,20 @@ from fleetrl.runs import RunPlan
 from fleetrl.types import TransitionSpec
 
 log = logging.getLogger(__name__)
+TELEOP_TOKEN_FILE = "teleop_token"
+
+
+def teleop_token(run_dir: pathlib.Path) -> str:
+    """The run's teleop token, in ``RUN_DIR/teleop_token`` (readable by its owner only; kept across resumes): whoever
+    can read the run directory may take over its actors."""
+    path = pathlib.Path(run_dir) / TELEOP_TOKEN_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    token = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
 #: How long one round waits for stats; a process still starting (a restarted actor loading its env) or busy is
 #: shown as not answering this round instead of holding up the driver.
 _STATS_TIMEOUT_S = 10.0
@@ -110,6 +126,7 @@ class Fleet:
         if self.offline is not None:
             log.warning("offline table: %s",
                         {k: v for k, v in self.offline.items() if k not in ("datasets", "obs_stats")})
+        self.teleop_token = teleop_token(self.plan.run_dir)
         self.store = WeightStore.options(**placement.pinned(self.node)).remote()
         self.learner = Slot("learner", None)
         self._start_learner(epoch=0)
@@ -147,7 +164,7 @@ class Fleet:
         options = placement.robot_actor_options(slot.robot) if slot.robot else placement.sim_actor_options(self.cfg)
         handle = SimActor.options(**options).remote(
             actor_id, self.cfg, self.spec, self.replay, self.store, self.factory,
-            self.plan.counters.get("generation", 0), resumed, slot.restarts, slot.robot)
+            self.plan.counters.get("generation", 0), resumed, slot.restarts, slot.robot, self.teleop_token)
         slot.handle, slot.run_ref = handle, handle.run.remote()
 
     # ---- watch ---------------------------------------------------------------------------------------------
@@ -214,8 +231,11 @@ class Fleet:
                     slot.health = "ok"
                 slot.stats = fresh
                 slot.recent.extend(fresh.get("episodes", []))
-            elif slot.health == "ok":
-                slot.health = "unresponsive"
+            else:
+                if slot.stats is not None:  # its last answer stands, but its episodes were counted then
+                    slot.stats = {**slot.stats, "episodes": []}
+                if slot.health == "ok":
+                    slot.health = "unresponsive"
         replay = self._get(replay_ref)
         if replay is None:
             if self.replay_slot.down_since is None:
