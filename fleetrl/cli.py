@@ -168,12 +168,39 @@ def collect(
     noise: Annotated[float, typer.Option(help="Expert noise: 0 = the expert as is (see docs/envs.md).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the first episode (episode i uses seed + i).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file (only once all episodes are in).")] = False,
+    teleop: Annotated[str | None, typer.Option(help="Demonstrate yourself with this input device (keyboard, "
+                                               "gamepad, spacemouse; recorded with --recording): --policy teleop.")
+                      ] = None,
+    recording: Annotated[pathlib.Path | None, typer.Option(help="--teleop recorded: the input states to replay.")
+                         ] = None,
+    rate_hz: Annotated[float, typer.Option(help="--teleop: control steps per second.")] = 5.0,
     env_kwarg: EnvKwargs = None,
 ) -> None:
-    """Collect an episode dataset with a scripted or random policy."""
+    """Collect an episode dataset with a scripted or random policy, or demonstrations with --teleop DEVICE (for
+    demos.datasets)."""
     from fleetrl.datasets import DatasetError
     from fleetrl.envs.rollout import RolloutError
     from fleetrl.envs.rollout import collect as run_collect
+
+    device = None
+    if teleop is not None:
+        policy = "teleop"
+        try:
+            if teleop == "recorded":
+                from fleetrl.teleop.client import RecordedDevice
+
+                if recording is None:
+                    _fail("--teleop recorded needs --recording FILE")
+                device = RecordedDevice.from_file(recording)
+            else:
+                from fleetrl.teleop.devices import DeviceUnavailable, open_device
+
+                try:
+                    device = open_device(teleop)
+                except DeviceUnavailable as exc:
+                    _fail(str(exc))
+        except (OSError, ValueError) as exc:
+            _fail(str(exc))
 
     def progress(i: int, episode) -> None:
         console.print(f"episode {i + 1}/{episodes}: {episode.length} steps, success {episode.is_success}",
@@ -181,7 +208,8 @@ def collect(
 
     try:
         summary = run_collect(env, episodes, out, policy=policy, noise=noise, seed=seed, overwrite=overwrite,
-                              progress=progress, **_env_kwargs(env_kwarg))
+                              progress=progress, device=device, rate_hz=rate_hz if device else None,
+                              **_env_kwargs(env_kwarg))
     except (RolloutError, DatasetError) as exc:
         _fail(str(exc))
     print(json.dumps(summary))
@@ -361,6 +389,75 @@ def label(
         _fail(f"OUTCOME: expected success or failure, got {outcome!r}")
     _send(run, run_root, "label", {"robot": robot, "outcome": outcome}, 30.0)
     print(json.dumps({"robot": robot, "outcome": outcome}))
+
+
+@app.command()
+def teleop(
+    actor: Annotated[int, typer.Option(help="Id of the actor to take over (see `fleetrl status`).")],
+    run: Annotated[str | None, typer.Option(help=_RUN_HELP + " Not needed with --address and --token.")] = None,
+    device: Annotated[str, typer.Option(help="keyboard, gamepad, spacemouse, or recorded (with --recording).")
+                      ] = "keyboard",
+    recording: Annotated[pathlib.Path | None, typer.Option(help="JSON lines of recorded input states to replay.")
+                         ] = None,
+    address: Annotated[str | None, typer.Option(help="The actor's teleop endpoint tcp://HOST:PORT (default: from "
+                                                "the run's status.json).")] = None,
+    token: Annotated[str | None, typer.Option(help="The run's teleop token (default: RUN_DIR/teleop_token).",
+                                              envvar="FLEETRL_TELEOP_TOKEN")] = None,
+    run_root: Annotated[pathlib.Path, typer.Option(help=_RUN_ROOT_HELP)] = pathlib.Path("runs"),
+    rate_hz: Annotated[float, typer.Option(help="Commands per second while you hold control.")] = 50.0,
+    duration_s: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+) -> None:
+    """Take over an actor of a running experiment from this machine: while you hold control your device's actions
+    are executed and stored (and learned from); let go and the policy acts again."""
+    import threading
+
+    from fleetrl.status_view import StatusError, find_run, read_status
+    from fleetrl.teleop.client import RecordedDevice, TeleopClient, run_teleop
+
+    if address is None or token is None:
+        if run is None:
+            _fail("--run: needed unless both --address and --token are given")
+        try:
+            run_dir = find_run(run, run_root)
+            actors = {a["id"]: a for a in read_status(run_dir).get("actors", [])}
+        except StatusError as exc:
+            _fail(str(exc))
+        if actor not in actors:
+            _fail(f"--actor {actor}: no such actor in {run_dir} (actors: {sorted(actors)})")
+        address = address or actors[actor].get("teleop")
+        if not address:
+            _fail(f"--actor {actor}: it has no teleop endpoint (teleop.enabled is off?)")
+        token_file = run_dir / "teleop_token"
+        if token is None:
+            if not token_file.is_file():
+                _fail(f"{token_file}: not found; give --token")
+            token = token_file.read_text().strip()
+    try:
+        if device == "recorded":
+            if recording is None:
+                _fail("--device recorded needs --recording FILE")
+            dev = RecordedDevice.from_file(recording)
+        else:
+            from fleetrl.teleop.devices import DeviceUnavailable, open_device
+
+            try:
+                dev = open_device(device)
+            except DeviceUnavailable as exc:
+                _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    client = TeleopClient(address, token)
+    stop = threading.Event()
+    try:
+        summary = run_teleop(client, dev, rate_hz=rate_hz, stop=stop, duration_s=duration_s)
+    except KeyboardInterrupt:
+        stop.set()
+        summary = {"commands": None}
+    except RuntimeError as exc:
+        _fail(str(exc))
+    finally:
+        client.close()
+    print(json.dumps({"actor": actor, "address": address, **summary}))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -3,6 +3,9 @@ control going back when the operator drops. Unit parts with a fake clock; then r
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -240,7 +243,7 @@ def test_interventions_reach_online_and_demos_and_the_learner_batch_mixes_them(r
     ray.get(store.publish.remote(0, {"action": np.array([0.25], np.float32)}))
     actor = SimActor.remote(0, cfg, spec, replay, store, constant_policy_factory(spec.action.shape),
                             teleop_token="t0ken")
-    run = actor.run.remote(max_episodes=3, wait_for_version=0)
+    run = actor.run.remote(max_episodes=5, wait_for_version=0)
     stats = lambda: ray.get(actor.stats.remote(drain=False))  # noqa: E731
     operator = None
     try:
@@ -261,6 +264,18 @@ def test_interventions_reach_online_and_demos_and_the_learner_batch_mixes_them(r
         dropped_after = operator.last_sent_at
         wait_for(lambda: not stats()["controlled"], 10, "control back to the policy after the drop")
         assert stats()["teleop_drops"] == 1 and stats()["env_steps"] > steps_released
+        # The operator's command-line tool, replaying a recorded session: 0.6 s at -0.5, then letting go.
+        recording = tmp_path / "session.jsonl"
+        recording.write_text("\n".join(json.dumps(line) for line in [
+            {"t": 0.0, "action": [-0.5], "takeover": True},  # Pendulum's one action (devices give Bridge's 7)
+            {"t": 0.6, "action": [0.0], "takeover": False}]))
+        out = subprocess.run([sys.executable, "-m", "fleetrl.cli", "teleop", "--actor", "0", "--address",
+                              stats()["teleop"], "--token", "t0ken", "--device", "recorded", "--recording",
+                              str(recording), "--duration-s", "1.5"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        session = json.loads(out.stdout.strip().splitlines()[-1])
+        assert session["commands"] >= 10 and session["latency_n"] >= 1 and session["latency_p50_ms"] > 0
+        assert not stats()["controlled"]  # it let go at the end of the recording
         final = ray.get(run, timeout=120)
     finally:
         if operator is not None:
@@ -273,13 +288,13 @@ def test_interventions_reach_online_and_demos_and_the_learner_batch_mixes_them(r
     # Online: every transition, the person's action where marked, the policy's elsewhere.
     client = reverb.Client(address)
     online_size = client.server_info()[ONLINE_TABLE].current_size
-    assert online_size == final["steps_written"] == 600
-    source = make_batch_source(address, spec, load_config(None, ["learner.batch_size=600", "replay.min_size=600"]),
+    assert online_size == final["steps_written"] == 1000
+    source = make_batch_source(address, spec, load_config(None, ["learner.batch_size=1000", "replay.min_size=1000"]),
                                "cpu")
     batch = source.next(timeout_s=30)
     source.close()
     marked, action = batch.is_intervention.numpy(), batch.action[:, 0].numpy()
-    np.testing.assert_allclose(action[marked], -0.75)
+    assert {round(float(a), 3) for a in action[marked]} == {-0.75, -0.5}  # the two operators' actions
     np.testing.assert_allclose(action[~marked], 0.25)
     # Demos: exactly the intervened steps plus the seeds.
     assert client.server_info()[DEMOS_TABLE].current_size == seeds + intervened
@@ -296,8 +311,9 @@ def test_interventions_reach_online_and_demos_and_the_learner_batch_mixes_them(r
             b = source.next(timeout_s=30)
             assert b is not None and b.action.shape[0] == 64
             demo_part, online_part = b.action[:32, 0].numpy(), b.action[32:, 0].numpy()
-            assert {round(float(x), 3) for x in demo_part} <= {-0.9, -0.75} and bool(b.is_intervention[:32].all())
-            assert {round(float(x), 3) for x in online_part} <= {0.25, -0.75}
+            assert {round(float(x), 3) for x in demo_part} <= {-0.9, -0.75, -0.5}
+            assert bool(b.is_intervention[:32].all())
+            assert {round(float(x), 3) for x in online_part} <= {0.25, -0.75, -0.5}
     finally:
         source.close()
         ray.kill(replay)

@@ -62,6 +62,7 @@ class Takeover:
         self._last_at = 0.0
         self._event_at: float | None = None  # the device event time of the command poll() handed out
         self._pending_event_at: float | None = None
+        self._measured_event_at: float | None = None
         self._rerecord = False
         self.applied_seq = -1
         self.applied_at: float | None = None
@@ -114,9 +115,11 @@ class Takeover:
         now = self._clock()
         with self._lock:
             self.stats.applied += 1
-            first = self._seq != self.applied_seq  # a command reused at the next step is not a new event
             self.applied_seq, self.applied_at = self._seq, now
-            if first and self._event_at is not None:
+            # Once per device event: a command repeated (the heartbeat of a held input, or reused at the next step)
+            # carries the same event time and is not a new event.
+            if self._event_at is not None and self._event_at != self._measured_event_at:
+                self._measured_event_at = self._event_at
                 self.stats.latency_s.append(now - self._event_at)
                 del self.stats.latency_s[:-1000]
 

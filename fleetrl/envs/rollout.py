@@ -1,8 +1,11 @@
 """Rolling out a policy in a registered env: episode datasets (``fleetrl collect``) and videos (``fleetrl view``).
 
 Policies by name: ``scripted`` (the task's scripted expert, WidowX tasks only; ``noise`` degrades it, see
-:mod:`fleetrl.envs.widowx.experts`) and ``random`` (uniform actions in [-1, 1]). Episode ``i`` is reset with seed
-``seed + i``, and the policy is seeded the same way, so a dataset is reproducible from its attributes.
+:mod:`fleetrl.envs.widowx.experts`), ``random`` (uniform actions in [-1, 1]) and ``teleop`` (a person with an input
+device, paced at a control rate: demonstrations before training, HIL-SERL style; the device's re-record key drops
+the episode and repeats its seed, success / failure end it, recorded in the episode's ``label`` attribute).
+Episode ``i`` is reset with seed ``seed + i``, and the policy is seeded the same way, so a dataset is reproducible
+from its attributes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import pathlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +27,11 @@ from fleetrl.datasets import DatasetError, Episode, EpisodeFileWriter
 from fleetrl.envs.widowx.env import WidowXEnv
 from fleetrl.envs.widowx.experts import ScriptedExpert
 
-POLICIES = ("scripted", "random")
+POLICIES = ("scripted", "random", "teleop")
+
+
+class _Rerecord(Exception):
+    """The person asked to throw the episode away and do it again."""
 
 
 class RolloutError(ValueError):
@@ -33,10 +41,18 @@ class RolloutError(ValueError):
 class _Policy:
     """``reset(seed)`` then ``act(obs)``."""
 
-    def __init__(self, name: str, env: gym.Env, noise: float):
+    def __init__(self, name: str, env: gym.Env, noise: float, device: Any = None):
         self.name, self.noise, self._space = name, noise, env.action_space
         self._expert: ScriptedExpert | None = None
         self._rng = np.random.default_rng()
+        self.device, self.events = device, []
+        if name == "teleop":
+            space = env.action_space
+            if device is None:
+                raise RolloutError("--policy teleop: needs an input device (--teleop keyboard|gamepad|spacemouse)")
+            if space.shape != (7,) or not (np.all(space.low == -1) and np.all(space.high == 1)):
+                name_of = env.spec.id if env.spec else env
+                raise RolloutError(f"--teleop: devices give 7-D Bridge actions in [-1, 1]; {name_of} takes {space}")
         if name == "scripted":
             base = env.unwrapped
             if not isinstance(base, WidowXEnv):
@@ -50,12 +66,16 @@ class _Policy:
             self._expert.reset(seed)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.device is not None:  # the person always acts while demonstrating (no hand-over)
+            state = self.device.read()
+            self.events += state.events
+            return np.asarray(state.action, np.float32)
         if self._expert is not None:
             return self._expert.act(obs)
         return self._rng.uniform(-1.0, 1.0, self._space.shape).astype(np.float32)
 
 
-def make_rollout_env(env_id: str, policy: str, noise: float, render_mode: str | None = None,
+def make_rollout_env(env_id: str, policy: str, noise: float, render_mode: str | None = None, device: Any = None,
                      **env_kwargs: Any) -> tuple[gym.Env, _Policy]:
     """The env and the named policy; raises :class:`RolloutError` naming the bad option."""
     if policy not in POLICIES:
@@ -69,23 +89,36 @@ def make_rollout_env(env_id: str, policy: str, noise: float, render_mode: str | 
     except (TypeError, ValueError) as exc:  # the env refused a keyword or its value
         raise RolloutError(f"--env-kwarg: {env_id} with {env_kwargs}: {exc}") from exc
     try:
-        return env, _Policy(policy, env, noise)
+        return env, _Policy(policy, env, noise, device)
     except BaseException:
         env.close()
         raise
 
 
-def run_episode(env: gym.Env, policy: _Policy, seed: int, on_frame: Callable[[], None] | None = None) -> Episode:
-    """One episode, reset with ``seed``, as an :class:`Episode` (observations copied per step)."""
+def run_episode(env: gym.Env, policy: _Policy, seed: int, on_frame: Callable[[], None] | None = None,
+                rate_hz: float | None = None) -> Episode:
+    """One episode, reset with ``seed``, as an :class:`Episode` (observations copied per step); paced at
+    ``rate_hz`` when given (a person demonstrating). Raises :class:`_Rerecord` if the person asked for it."""
     obs, _ = env.reset(seed=seed)
     policy.reset(seed)
+    policy.events.clear()
+    label = None
+    next_at = time.monotonic()
     if on_frame is not None:
         on_frame()
     observations = {k: [np.array(v)] for k, v in obs.items()}
     actions, rewards, terms, truncs, successes = [], [], [], [], []
     while True:
+        if rate_hz:
+            next_at += 1.0 / rate_hz
+            time.sleep(max(0.0, next_at - time.monotonic()))
         action = policy.act(obs)
         obs, reward, terminated, truncated, info = env.step(action)
+        if "rerecord" in policy.events:
+            raise _Rerecord
+        if label is None and ("success" in policy.events or "failure" in policy.events):
+            label = next(e for e in policy.events if e in ("success", "failure"))
+            truncated = truncated or not terminated  # the person ended it: not a terminal state of the env
         if on_frame is not None:
             on_frame()
         for k, v in obs.items():
@@ -100,7 +133,8 @@ def run_episode(env: gym.Env, policy: _Policy, seed: int, on_frame: Callable[[],
     return Episode(observations={k: np.stack(v) for k, v in observations.items()},
                    actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
                    terminated=np.asarray(terms, bool), truncated=np.asarray(truncs, bool),
-                   success=np.asarray(successes, bool), attrs={"seed": int(seed)})
+                   success=np.asarray(successes, bool),
+                   attrs={"seed": int(seed), **({"label": label} if label else {})})
 
 
 class _InterruptGuard:
@@ -138,23 +172,27 @@ class _InterruptGuard:
 
 def collect(env_id: str, episodes: int, out: str | os.PathLike[str], policy: str = "scripted", noise: float = 0.0,
             seed: int = 0, overwrite: bool = False, progress: Callable[[int, Episode], None] | None = None,
-            **env_kwargs: Any) -> dict[str, Any]:
+            device: Any = None, rate_hz: float | None = None, **env_kwargs: Any) -> dict[str, Any]:
     """Write ``episodes`` episodes to ``out`` (HDF5, see docs/datasets.md). Bad options and a bad or existing
     ``out`` fail before the first step. Ctrl-C keeps the episodes finished so far: the file is closed with them
     (an interrupted episode is dropped) and the summary says ``interrupted``."""
     if episodes < 1:
         raise RolloutError(f"--episodes: must be at least 1, got {episodes}")
-    env, pol = make_rollout_env(env_id, policy, noise, **env_kwargs)
+    env, pol = make_rollout_env(env_id, policy, noise, device=device, **env_kwargs)
     attrs = {"env_id": env_id, "policy": policy, "noise": float(noise), "seed": int(seed),
              "env_kwargs": repr(sorted(env_kwargs.items()))}
-    done, successes = 0, 0
+    done, successes, rerecorded = 0, 0, 0
     guard = _InterruptGuard()
     try:
         with guard, EpisodeFileWriter(out, attrs, overwrite=overwrite) as writer:
-            for i in range(episodes):
+            i = 0
+            while i < episodes:
                 try:
                     with guard.episode():
-                        episode = run_episode(env, pol, seed + i)
+                        episode = run_episode(env, pol, seed + i, rate_hz=rate_hz)
+                except _Rerecord:  # the same start again
+                    rerecorded += 1
+                    continue
                 except KeyboardInterrupt:
                     guard.requested = True  # the unfinished episode is dropped
                     break
@@ -168,13 +206,14 @@ def collect(env_id: str, episodes: int, out: str | os.PathLike[str], policy: str
                         guard.requested = True
                 if guard.requested:
                     break
+                i += 1
             if done == 0:
                 writer.abort()
     finally:
         env.close()
     interrupted = guard.requested
     return {"out": str(pathlib.Path(out)) if done else None, "episodes": done, "success_rate": successes / max(done, 1),
-            "interrupted": interrupted}
+            "interrupted": interrupted, **({"rerecorded": rerecorded} if policy == "teleop" else {})}
 
 
 def record_video(env_id: str, out: str | os.PathLike[str], policy: str = "scripted", noise: float = 0.0,
