@@ -39,7 +39,9 @@ class TakeoverStats:
     drops: int = 0
     """Times the operator went silent for ``timeout_s`` while in control."""
     latency_s: list[float] = dataclasses.field(default_factory=list)
-    """Device event to executed action, per applied command (seconds; the newest 1000)."""
+    """Device event to executed action, once per device event (seconds; the newest 1000)."""
+    receive_latency_s: list[float] = dataclasses.field(default_factory=list)
+    """Device event to the command's arrival at the actor, once per device event (the network part)."""
 
 
 class Takeover:
@@ -82,6 +84,9 @@ class Takeover:
                 if action is None or np.shape(action) != (self._dim,) or not np.all(np.isfinite(action)):
                     raise ValueError(f"action: expected {self._dim} finite numbers, got {np.shape(action)}")
                 self._action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+                if event_at != self._pending_event_at:  # a new device event (not a heartbeat repeating one)
+                    self.stats.receive_latency_s.append(now - event_at)
+                    del self.stats.receive_latency_s[:-1000]
                 self._pending_seq, self._pending_event_at = seq, event_at
 
     def request_rerecord(self) -> None:

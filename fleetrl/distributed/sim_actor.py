@@ -240,7 +240,8 @@ class SimActor:
         t = self._takeover.stats
         return {"teleop": self._teleop.address(ray.util.get_node_ip_address()),
                 "controlled": self._takeover.controlling, "teleop_commands": t.commands, "teleop_drops": t.drops,
-                "teleop_latency_s": list(t.latency_s[-200:])}
+                "teleop_latency_s": list(t.latency_s[-200:]),
+                "teleop_receive_latency_s": list(t.receive_latency_s[-200:])}
 
     def _items_by_replay_now(self) -> dict[str, int]:
         counts = dict(self._items_by_replay)
