@@ -326,6 +326,13 @@ class TeleopConfig:
     as it was, and keeps it until the operator is back or releases (robots near people)."""
     bind: str = "0.0.0.0"
     """Interface the actors' teleop endpoints listen on (a random free port each)."""
+    scripted_share: float = Field(0.0, ge=0, le=1)
+    """Experiments in simulation: the WidowX task's scripted expert stands in for the person and takes over this
+    share of sim actors' episodes (0: never). Its steps are stored as interventions, as a person's are."""
+    scripted_steps: int = Field(20, ge=1)
+    """How many steps the scripted operator keeps control once it takes over (early in the episode)."""
+    scripted_noise: float = Field(0.0, ge=0, le=2)
+    """Noise of the scripted operator's expert (0: the expert as is)."""
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -84,7 +84,11 @@ class ScriptedPerson:
         self.start, self.stop, self.redo, self.step = start, stop, redo, 0
         self.applied_count = 0
 
-    def poll(self):
+    def begin_episode(self):
+        pass
+
+    def poll(self, obs):
+        assert obs["state"].shape == (3,)
         k = self.step
         self.step += 1
         return (np.full(1, -0.75, np.float32), True) if self.start <= k < self.stop else (None, False)
@@ -324,3 +328,31 @@ def test_demos_config_is_checked():
         load_config(None, ["demos.datasets=[{path: x.h5}]"])
     with pytest.raises(Exception, match="each table needs at least one row"):
         load_config(None, ["demos.ratio=0.6", "offline.datasets=[{path: x.h5}]"])
+
+
+def test_the_scripted_operator_takes_over_a_share_of_episodes_with_the_expert():
+    from fleetrl.actors.scripted_operator import ScriptedOperator
+    from fleetrl.envs.widowx.experts import ScriptedExpert
+
+    env = make_env(EnvConfig(id="fleetrl/WidowXReach-v0", max_episode_steps=30, success="info",
+                             kwargs={"terminate_on_success": False}))
+    spec = TransitionSpec.from_spaces(env.observation_space, env.action_space)
+    operator = ScriptedOperator(ScriptedExpert("reach"), share=0.5, steps=8, latest_start=5, seed=3)
+    sink = Rows()
+    loop = EnvLoop(env, spec, lambda: (-1, None), sink, actor_id=0, gamma=0.9, seed=0, human=operator)
+    episodes = [loop.run_episode() for _ in range(10)]
+    marked = [[bool(r["is_intervention"]) for r in rows] for rows in sink.episodes]
+    taken = [m for m in marked if any(m)]
+    assert len(taken) == operator.interventions and 0 < len(taken) < 10  # a share, not all or none
+    for m in taken:  # one contiguous block of 8 steps starting in the first 6
+        first = m.index(True)
+        assert first <= 5 and m[first:first + 8] == [True] * 8 and not any(m[first + 8:])
+    assert [e.interventions for e in episodes] == [sum(m) for m in marked]
+    # The expert moves the TCP toward the target while it holds control; random actions before and after.
+    rows = sink.episodes[marked.index(taken[0])]
+    first = taken[0].index(True)
+    state = lambda t: rows[t]["obs"]["state"][:3]  # noqa: E731
+    target = rows[first]["obs"]["object"][:3]
+    assert np.linalg.norm(state(first + 7) - target) < np.linalg.norm(state(first) - target) - 0.02
+    with pytest.raises(ValueError, match="teleop.scripted_share"):
+        ScriptedOperator(ScriptedExpert("reach"), share=1.5, steps=8)

@@ -114,12 +114,14 @@ class EnvLoop:
         try:
             # Seed only the first reset: later resets continue the env's RNG, so starts differ but runs repeat.
             obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
+            if self._human is not None:
+                self._human.begin_episode()
             while not (terminated or truncated):
                 if should_stop():
                     return None
                 if self._min_step_s:
                     self._pace()
-                human, by_person = self._human.poll() if self._human is not None else (None, False)
+                human, by_person = self._human.poll(obs) if self._human is not None else (None, False)
                 if human is not None:  # the person's (or a safety hold's) action replaces the policy's
                     action, version = human, self.policy_version_in_use
                 else:

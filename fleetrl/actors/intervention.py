@@ -12,7 +12,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,8 +20,12 @@ import numpy as np
 class HumanInput(Protocol):
     """What the env loop asks a person's input source every step."""
 
-    def poll(self) -> tuple[np.ndarray | None, bool]:
-        """``(action, by_person)``: the action to execute instead of the policy's, or None (the policy acts).
+    def begin_episode(self) -> None:
+        """A new episode has just been reset."""
+
+    def poll(self, obs: Any) -> tuple[np.ndarray | None, bool]:
+        """``(action, by_person)`` for the step about to be taken from ``obs``: the action to execute instead of the
+        policy's, or None (the policy acts).
         ``by_person`` is False for an action the system chose for safety (a hold after the operator dropped):
         executed, but not stored as the person's."""
 
@@ -98,7 +102,10 @@ class Takeover:
         with self._lock:
             return self._active
 
-    def poll(self) -> tuple[np.ndarray | None, bool]:
+    def begin_episode(self) -> None:
+        pass
+
+    def poll(self, obs: Any = None) -> tuple[np.ndarray | None, bool]:
         with self._lock:
             if not self._active and not self._holding:
                 return None, False

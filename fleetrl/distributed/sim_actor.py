@@ -72,6 +72,9 @@ class SimActor:
         self._counted_writer: Any = None  # a dropped writer whose items are already in _items_by_replay
         self._weights = WeightSubscriber(weight_store, policy_factory(seed), cfg.actors.weight_poll_timeout_s)
         self._takeover, self._teleop = self._open_teleop(cfg, env, teleop_token)
+        human = self._takeover
+        if cfg.teleop.scripted_share > 0 and robot is None:
+            human = _scripted_operator(cfg, env, seed)
         # A resumed (or --init-from, or restarted) actor already has a trained policy: no random warm-up.
         self._loop = EnvLoop(env, spec, self._weights.current, self._sink, actor_id=actor_id,
                              gamma=cfg.learner.algo().gamma, seed=seed,
@@ -80,7 +83,7 @@ class SimActor:
                              max_steps_per_s=robot.max_steps_per_s if robot else cfg.actors.max_steps_per_s,
                              returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20,
                              swap_between_episodes=bool(robot) and robot.swap_weights == "episode",
-                             human=self._takeover)
+                             human=human)
         self._stop = threading.Event()
         self._finish = threading.Event()  # detach: end after the episode in progress
         self._abort = threading.Event()  # detach --now: end the episode in progress now (it is not stored)
@@ -257,6 +260,23 @@ class SimActor:
         self._weights.close()
         if self._teleop is not None:
             self._teleop.close()
+
+
+def _scripted_operator(cfg: TrainConfig, env: Any, seed: int) -> Any:
+    """The scripted expert as the person (``teleop.scripted_share``): WidowX tasks only."""
+    from fleetrl.actors.scripted_operator import ScriptedOperator
+    from fleetrl.envs.widowx.env import WidowXEnv
+    from fleetrl.envs.widowx.experts import ScriptedExpert
+
+    base = env.unwrapped
+    if not isinstance(base, WidowXEnv):
+        raise ValueError(f"teleop.scripted_share: the scripted operator needs a WidowX task's expert; env {cfg.env.id} "
+                         "has none")
+    if not base.privileged:
+        raise ValueError("teleop.scripted_share: the scripted expert reads the object's position; set env.kwargs "
+                         "privileged: true")
+    return ScriptedOperator(ScriptedExpert(base.task, noise=cfg.teleop.scripted_noise), cfg.teleop.scripted_share,
+                            cfg.teleop.scripted_steps, seed=seed)
 
 
 class _ReplaySink:
