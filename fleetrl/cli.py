@@ -460,6 +460,35 @@ def teleop(
     print(json.dumps({"actor": actor, "address": address, **summary}))
 
 
+@app.command("console")
+def console_page(
+    run: Annotated[str, typer.Option(help=_RUN_HELP)],
+    run_root: Annotated[pathlib.Path, typer.Option(help=_RUN_ROOT_HELP)] = pathlib.Path("runs"),
+    host: Annotated[str, typer.Option(help="Address to serve on (browsers treat localhost as secure: the Gamepad "
+                                     "API works there; elsewhere use an SSH tunnel).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port of the page.")] = 8765,
+) -> None:
+    """Serve a web page listing the run's actors with their camera and status; take one over with the keyboard or
+    a gamepad, label episodes. Log in with the run's teleop token (RUN_DIR/teleop_token)."""
+    from fleetrl.status_view import StatusError, find_run
+    from fleetrl.teleop.console import serve
+
+    try:
+        run_dir = find_run(run, run_root)
+    except StatusError as exc:
+        _fail(str(exc))
+    token_file = run_dir / "teleop_token"
+    if not token_file.is_file():
+        _fail(f"{token_file}: not found (the run writes it when it starts)")
+    console.print(f"fleetrl console for {run_dir.name}: http://{host}:{port}/ (token: {token_file})")
+    try:
+        serve(run_dir, token_file.read_text().strip(), host, port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"--port {port}: {exc}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())
 

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# Headless MuJoCo rendering (EGL via Mesa, or OSMesa); installed only if missing.
-pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6)
+# Headless MuJoCo rendering (EGL via Mesa, or OSMesa), and Chromium for the console's browser test (driven by
+# playwright, which then needs no browser download); installed only if missing.
+pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then

@@ -72,6 +72,8 @@ class EnvLoop:
         self._rng = np.random.default_rng(seed)
         self.env.action_space.seed(seed)
         self.total_steps = 0
+        self.last_obs: Mapping[str, np.ndarray] | None = None
+        """The newest observation (a teleop console shows its camera frame)."""
         self.episodes = 0
         self.episode_steps = 0
         """Steps taken so far in the episode in progress."""
@@ -135,7 +137,7 @@ class EnvLoop:
                     episode_id=episode_id))
                 rewards.append(reward)
                 versions.append(version)
-                obs = next_obs
+                obs = self.last_obs = next_obs
                 self.total_steps += 1
                 self.episode_steps += 1
                 if self._human is not None and self._human.rerecord():

@@ -9,10 +9,12 @@ teleop token. Requests (``type``):
   [-1, 1]) — the operator's newest command; ``takeover: false`` releases control;
 - ``event``: ``event`` one of ``success``, ``failure`` (a person's label for the episode in progress), ``rerecord``
   (throw the episode in progress away);
-- ``status``: nothing more.
+- ``status``: nothing more;
+- ``frame``: also the newest camera frame (``image``: uint8 ``[S, S, 3]``, absent for an actor without a camera).
 
 Every reply: ``ok``, ``controlling``, ``applied_seq`` and ``applied_at`` (the newest command the env executed, and
-when: the operator computes its latency from them), ``actor_id``, ``steps``; errors as ``ok: false, error``.
+when: the operator computes its latency from them), ``actor_id``, ``steps``, ``action_dim``; errors as
+``ok: false, error``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ class TeleopEndpoint:
     """Serves one actor's :class:`Takeover` on ``tcp://bind:<free port>`` until :meth:`close`."""
 
     def __init__(self, takeover: Takeover, token: str, actor_id: int, bind: str = "0.0.0.0",
-                 label: Callable[[str], None] | None = None, steps: Callable[[], int] = lambda: 0):
+                 label: Callable[[str], None] | None = None, steps: Callable[[], int] = lambda: 0,
+                 frame: Callable[[], np.ndarray | None] = lambda: None, action_dim: int = 7):
         if not token:
             raise ValueError("teleop: a token is required (the run writes one to RUN_DIR/teleop_token)")
         self.takeover, self._token, self.actor_id = takeover, token, actor_id
-        self._label, self._steps = label, steps
+        self._label, self._steps, self._frame, self._action_dim = label, steps, frame, action_dim
         self.labels: list[str] = []
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -81,14 +84,19 @@ class TeleopEndpoint:
                 self._control(request)
             elif kind == "event":
                 self._event(request.get("event"))
-            elif kind != "status":
-                raise ValueError(f"type: unknown request {kind!r} (known: control, event, status)")
+            elif kind not in ("status", "frame"):
+                raise ValueError(f"type: unknown request {kind!r} (known: control, event, status, frame)")
         except (wire.WireError, ValueError, TypeError) as exc:
             self.refused += 1
             return {"ok": False, "error": str(exc)}
         t = self.takeover
-        return {"ok": True, "controlling": t.controlling, "applied_seq": t.applied_seq, "applied_at": t.applied_at,
-                "actor_id": self.actor_id, "steps": self._steps()}
+        reply = {"ok": True, "controlling": t.controlling, "applied_seq": t.applied_seq, "applied_at": t.applied_at,
+                 "actor_id": self.actor_id, "steps": self._steps(), "action_dim": self._action_dim}
+        if kind == "frame":
+            image = self._frame()
+            if image is not None:
+                reply["image"] = image
+        return reply
 
     def _control(self, request: dict[str, Any]) -> None:
         seq, event_at, takeover = request.get("seq"), request.get("event_at"), request.get("takeover")

@@ -112,7 +112,8 @@ class SimActor:
         takeover = Takeover(int(self._spec.action.shape[0]), cfg.teleop.timeout_s, cfg.teleop.on_disconnect)
         label = env.unwrapped.labels.set if self.robot is not None else None
         endpoint = TeleopEndpoint(takeover, token, self.actor_id, cfg.teleop.bind, label=label,
-                                  steps=lambda: self._loop.total_steps)
+                                  steps=lambda: self._loop.total_steps, frame=self._camera_frame,
+                                  action_dim=int(self._spec.action.shape[0]))
         return takeover, endpoint
 
     def _reconnect(self) -> bool:
@@ -237,13 +238,18 @@ class SimActor:
                 "uptime_s": time.monotonic() - self._started,
             }
 
+    def _camera_frame(self) -> Any:
+        """The newest observation's camera image (None without a camera, or before the first step)."""
+        obs = getattr(self, "_loop", None) and self._loop.last_obs
+        return None if not obs else obs.get("image")
+
     def _teleop_stats(self) -> dict[str, Any]:
         if self._teleop is None:
             return {"teleop": None}
         t = self._takeover.stats
         return {"teleop": self._teleop.address(ray.util.get_node_ip_address()),
                 "controlled": self._takeover.controlling, "teleop_commands": t.commands, "teleop_drops": t.drops,
-                "teleop_latency_s": list(t.latency_s[-200:]),
+                "teleop_latency_s": list(t.latency_s[-200:]), "teleop_labels": list(self._teleop.labels[-20:]),
                 "teleop_receive_latency_s": list(t.receive_latency_s[-200:])}
 
     def _items_by_replay_now(self) -> dict[str, int]:
