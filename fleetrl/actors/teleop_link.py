@@ -89,6 +89,10 @@ class TeleopEndpoint:
         except (wire.WireError, ValueError, TypeError) as exc:
             self.refused += 1
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the endpoint must outlive any one bad request
+            log.exception("teleop request failed")
+            self.refused += 1
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         t = self.takeover
         reply = {"ok": True, "controlling": t.controlling, "applied_seq": t.applied_seq, "applied_at": t.applied_at,
                  "actor_id": self.actor_id, "steps": self._steps(), "action_dim": self._action_dim}

@@ -112,7 +112,8 @@ class SimActor:
         takeover = Takeover(int(self._spec.action.shape[0]), cfg.teleop.timeout_s, cfg.teleop.on_disconnect)
         label = env.unwrapped.labels.set if self.robot is not None else None
         endpoint = TeleopEndpoint(takeover, token, self.actor_id, cfg.teleop.bind, label=label,
-                                  steps=lambda: self._loop.total_steps, frame=self._camera_frame,
+                                  steps=lambda: self._loop.total_steps if hasattr(self, "_loop") else 0,
+                                  frame=self._camera_frame,
                                   action_dim=int(self._spec.action.shape[0]))
         return takeover, endpoint
 
