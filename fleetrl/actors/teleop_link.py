@@ -86,6 +86,15 @@ class TeleopEndpoint:
                 self._event(request.get("event"))
             elif kind not in ("status", "frame"):
                 raise ValueError(f"type: unknown request {kind!r} (known: control, event, status, frame)")
+            t = self.takeover
+            reply = {"ok": True, "controlling": t.controlling, "applied_seq": t.applied_seq,
+                     "applied_at": t.applied_at, "actor_id": self.actor_id, "steps": self._steps(),
+                     "action_dim": self._action_dim}
+            if kind == "frame":
+                image = self._frame()
+                if image is not None:
+                    reply["image"] = image
+            return reply
         except (wire.WireError, ValueError, TypeError) as exc:
             self.refused += 1
             return {"ok": False, "error": str(exc)}
@@ -93,14 +102,6 @@ class TeleopEndpoint:
             log.exception("teleop request failed")
             self.refused += 1
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        t = self.takeover
-        reply = {"ok": True, "controlling": t.controlling, "applied_seq": t.applied_seq, "applied_at": t.applied_at,
-                 "actor_id": self.actor_id, "steps": self._steps(), "action_dim": self._action_dim}
-        if kind == "frame":
-            image = self._frame()
-            if image is not None:
-                reply["image"] = image
-        return reply
 
     def _control(self, request: dict[str, Any]) -> None:
         seq, event_at, takeover = request.get("seq"), request.get("event_at"), request.get("takeover")
