@@ -59,3 +59,16 @@ def test_collect_teleop_from_the_command_line_and_its_errors(tmp_path):
     junk = subprocess.run([*base, "--overwrite", "--teleop", "recorded", "--recording", str(tmp_path / "junk.jsonl")],
                           capture_output=True, text=True, timeout=120)
     assert junk.returncode == 2 and "junk.jsonl line 1" in junk.stderr
+
+
+def test_a_recorded_state_is_one_device_event_however_often_it_is_read():
+    clock = [0.0]
+    device = RecordedDevice([RecordedState(0.0, PUSH_X, True), RecordedState(0.5, PUSH_X, False, ["success"])],
+                            clock=lambda: clock[0])
+    first = device.read()
+    clock[0] = 0.3
+    again = device.read()
+    assert first.takeover and again.event_at == first.event_at and again.events == []
+    clock[0] = 0.6
+    last = device.read()
+    assert not last.takeover and last.events == ["success"] and last.event_at != first.event_at  # a new event

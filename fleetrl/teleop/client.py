@@ -43,6 +43,7 @@ class RecordedDevice:
         self._states, self._clock = states, clock
         self._start: float | None = None
         self._i = -1
+        self._event_at = 0.0
 
     @classmethod
     def from_file(cls, path: str | pathlib.Path) -> RecordedDevice:
@@ -65,10 +66,12 @@ class RecordedDevice:
         while self._i + 1 < len(self._states) and self._states[self._i + 1].t <= elapsed:
             self._i += 1
             events += self._states[self._i].events
+            # Stamped once: every later read of the same state repeats this event time (it is one device event).
+            self._event_at = time.time() - (elapsed - self._states[self._i].t)
         if self._i < 0:  # before the first recorded state: hands off
             return DeviceState(np.zeros(7, np.float32), False, events, time.time())
         s = self._states[self._i]  # the newest state stays until the next (end a recording with a release)
-        return DeviceState(np.asarray(s.action, np.float32), s.takeover, events, time.time() - (elapsed - s.t))
+        return DeviceState(np.asarray(s.action, np.float32), s.takeover, events, self._event_at)
 
     def close(self) -> None:
         pass
