@@ -60,6 +60,11 @@ def test_takeover_executes_the_persons_action_until_released_or_silent():
     assert t.poll() == (None, False)  # released
     with pytest.raises(ValueError, match="action: expected 7 finite numbers"):
         t.update(4, True, np.full(3, 0.1), event_at=clock.t)
+    assert t.poll() == (None, False) and not t.controlling  # a refused command changes nothing
+    fresh = Takeover(7, clock=clock)
+    with pytest.raises(ValueError):
+        fresh.update(1, True, None, event_at=clock.t)
+    assert fresh.poll() == (None, False)
 
 
 def test_a_dropped_operator_can_leave_the_actor_holding():

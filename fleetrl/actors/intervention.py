@@ -78,6 +78,9 @@ class Takeover:
 
     def update(self, seq: int, takeover: bool, action: np.ndarray | None, event_at: float) -> None:
         """A command from the operator: ``takeover`` False releases control."""
+        # Checked before anything changes: a bad command must not leave the actor "in control" of no action.
+        if takeover and (action is None or np.shape(action) != (self._dim,) or not np.all(np.isfinite(action))):
+            raise ValueError(f"action: expected {self._dim} finite numbers, got {np.shape(action)}")
         now = self._clock()
         with self._lock:
             self.stats.commands += 1
@@ -85,8 +88,6 @@ class Takeover:
             self._active = bool(takeover)
             self._holding = False
             if takeover:
-                if action is None or np.shape(action) != (self._dim,) or not np.all(np.isfinite(action)):
-                    raise ValueError(f"action: expected {self._dim} finite numbers, got {np.shape(action)}")
                 self._action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
                 if event_at != self._pending_event_at:  # a new device event (not a heartbeat repeating one)
                     self.stats.receive_latency_s.append(now - event_at)
@@ -117,7 +118,8 @@ class Takeover:
                 if not self._holding or self._action is None:
                     return None, False
                 hold = np.zeros(self._dim, np.float32)
-                hold[-1] = self._action[-1]  # the gripper stays as the person left it
+                if self._dim == 7:  # a Bridge action: the gripper stays as the person left it
+                    hold[-1] = self._action[-1]
                 return hold, False
             assert self._action is not None
             self._seq, self._event_at = self._pending_seq, self._pending_event_at
