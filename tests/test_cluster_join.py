@@ -34,7 +34,7 @@ def ray_head():
         procs = [psutil.Process(p) for p in _ray_pids() - before if psutil.pid_exists(p)]
         for p in procs:
             p.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=20)
+        _, alive = psutil.wait_procs(procs, timeout=5)  # some Ray daemons ignore SIGTERM: do not wait long
         for p in alive:
             p.kill()
         # `ray start` records the cluster for later `ray.init()` calls; forget it as `ray stop` would.
