@@ -185,22 +185,7 @@ def collect(
     device = None
     if teleop is not None:
         policy = "teleop"
-        try:
-            if teleop == "recorded":
-                from fleetrl.teleop.client import RecordedDevice
-
-                if recording is None:
-                    _fail("--teleop recorded needs --recording FILE")
-                device = RecordedDevice.from_file(recording)
-            else:
-                from fleetrl.teleop.devices import DeviceUnavailable, open_device
-
-                try:
-                    device = open_device(teleop)
-                except DeviceUnavailable as exc:
-                    _fail(str(exc))
-        except (OSError, ValueError) as exc:
-            _fail(str(exc))
+        device = _open_input_device(teleop, recording, "--teleop")
 
     def progress(i: int, episode) -> None:
         console.print(f"episode {i + 1}/{episodes}: {episode.length} steps, success {episode.is_success}",
@@ -290,6 +275,25 @@ def robot_server(
     try:
         serve(backend, bind, port, token, Safety(watchdog_s=watchdog_s), **kwargs)
     except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+def _open_input_device(name: str, recording: pathlib.Path | None, option: str) -> object:
+    """A person's input device by name, or ``recorded`` (replaying ``recording``); fails naming ``option``."""
+    try:
+        if name == "recorded":
+            from fleetrl.teleop.client import RecordedDevice
+
+            if recording is None:
+                _fail(f"{option} recorded needs --recording FILE")
+            return RecordedDevice.from_file(recording)
+        from fleetrl.teleop.devices import DeviceUnavailable, open_device
+
+        try:
+            return open_device(name)
+        except DeviceUnavailable as exc:
+            _fail(str(exc))
+    except (OSError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -412,7 +416,7 @@ def teleop(
     import threading
 
     from fleetrl.status_view import StatusError, find_run, read_status
-    from fleetrl.teleop.client import RecordedDevice, TeleopClient, run_teleop
+    from fleetrl.teleop.client import TeleopClient, run_teleop
 
     if address is None or token is None:
         if run is None:
@@ -432,20 +436,7 @@ def teleop(
             if not token_file.is_file():
                 _fail(f"{token_file}: not found; give --token")
             token = token_file.read_text().strip()
-    try:
-        if device == "recorded":
-            if recording is None:
-                _fail("--device recorded needs --recording FILE")
-            dev = RecordedDevice.from_file(recording)
-        else:
-            from fleetrl.teleop.devices import DeviceUnavailable, open_device
-
-            try:
-                dev = open_device(device)
-            except DeviceUnavailable as exc:
-                _fail(str(exc))
-    except (OSError, ValueError) as exc:
-        _fail(str(exc))
+    dev = _open_input_device(device, recording, "--device")
     client = TeleopClient(address, token)
     stop = threading.Event()
     try:

@@ -70,3 +70,43 @@ def scan_table(address: str, spec: Any, samples: int, table: str = "online") -> 
         if (n + 1) * 1024 >= samples:
             break
     return seen
+
+
+class TrainingThread:
+    """``launcher.train(plan)`` on a background thread, for tests that act on the running fleet (kill a process,
+    attach a robot, take an actor over). ``with TrainingThread(plan) as run:`` waits until the fleet has started
+    (``run.fleet``); leaving the block stops the run and waits for it; then ``run.summary`` or ``run.error``."""
+
+    def __init__(self, plan: Any, start_timeout_s: float = 180.0):
+        import threading
+
+        self.plan, self._timeout_s = plan, start_timeout_s
+        self.fleet: Any = None
+        self.summary: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.stop, self._started = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from fleetrl.distributed.launcher import train
+
+        def on_start(fleet: Any) -> None:
+            self.fleet = fleet
+            self._started.set()
+
+        try:
+            self.summary = train(self.plan, stop=self.stop, on_start=on_start)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+            self._started.set()
+
+    def __enter__(self) -> TrainingThread:
+        self._thread.start()
+        if not self._started.wait(self._timeout_s) or self.error is not None:
+            self.stop.set()
+            raise AssertionError(f"the run did not start: {self.error!r}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self._thread.join(300)

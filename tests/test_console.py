@@ -17,11 +17,10 @@ import ray
 import reverb
 
 from fleetrl.config import load_config
-from fleetrl.distributed.launcher import train
 from fleetrl.distributed.replay import ONLINE_TABLE, BatchSource
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.runs import new_run
-from fleetrl.testing import free_port, wait_for
+from fleetrl.testing import TrainingThread, free_port, wait_for
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (make setup)")
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
@@ -45,82 +44,64 @@ def test_a_person_takes_over_an_actor_from_the_browser(tmp_path):
         "logging.interval_s=0.5", "logging.live=false", "logging.wandb=false"])
     spec = transition_spec(cfg.env)
     plan = new_run(cfg)
-    box: dict = {}
-    started, stop = threading.Event(), threading.Event()
-
-    def on_start(fleet):
-        box["fleet"] = fleet
-        started.set()
-
-    def run_training():
-        try:
-            box["summary"] = train(plan, stop=stop, on_start=on_start)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            box["error"] = exc
-            started.set()
-
-    thread = threading.Thread(target=run_training, daemon=True)
-    thread.start()
     console_stop, console_ready = threading.Event(), threading.Event()
-    try:
-        assert started.wait(180) and "error" not in box, box.get("error")
-        actor = box["fleet"].actors[0].handle
-        stats = lambda: ray.get(actor.stats.remote(drain=False), timeout=60)  # noqa: E731
-        status = lambda: json.loads((plan.run_dir / "status.json").read_text())  # noqa: E731
-        wait_for(lambda: (plan.run_dir / "status.json").exists() and status()["actors"][0].get("teleop"), 120,
-                 "the actor's teleop endpoint in status.json")
-        token = (plan.run_dir / "teleop_token").read_text().strip()
-        port = free_port()
-        threading.Thread(target=serve, args=(plan.run_dir, token, "127.0.0.1", port, console_ready, console_stop),
-                         daemon=True).start()
-        assert console_ready.wait(30)
-        url = f"http://127.0.0.1:{port}"
-        with pytest.raises(urllib.error.HTTPError) as refused:  # no token: nothing
-            urllib.request.urlopen(f"{url}/api/actors", timeout=10)
-        assert refused.value.code == 401
+    with TrainingThread(plan) as training:
+        try:
+            actor = training.fleet.actors[0].handle
+            stats = lambda: ray.get(actor.stats.remote(drain=False), timeout=60)  # noqa: E731
+            status = lambda: json.loads((plan.run_dir / "status.json").read_text())  # noqa: E731
+            wait_for(lambda: (plan.run_dir / "status.json").exists() and status()["actors"][0].get("teleop"), 120,
+                     "the actor's teleop endpoint in status.json")
+            token = (plan.run_dir / "teleop_token").read_text().strip()
+            port = free_port()
+            threading.Thread(target=serve, args=(plan.run_dir, token, "127.0.0.1", port, console_ready, console_stop),
+                             daemon=True).start()
+            assert console_ready.wait(30)
+            url = f"http://127.0.0.1:{port}"
+            with pytest.raises(urllib.error.HTTPError) as refused:  # no token: nothing
+                urllib.request.urlopen(f"{url}/api/actors", timeout=10)
+            assert refused.value.code == 401
 
-        with playwright.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            page = browser.new_page()
-            assert page.goto(f"{url}/?token=wrong").status == 401  # the login page
-            page.fill("#token", token)
-            page.click("#login")
-            page.wait_for_selector("#actor-0 .view", timeout=30_000)
-            page.click("#actor-0 .view")
-            page.wait_for_function("document.getElementById('camera').naturalWidth > 0", timeout=30_000)
-            # Keyboard: hold "a" (your left: -y at half speed) for a while, in control.
-            page.click("#takeover")
-            wait_for(lambda: stats()["controlled"], 20, "the browser in control")
-            page.keyboard.down("a")
-            time.sleep(1.5)
-            page.keyboard.up("a")
-            # A gamepad: the left stick pushed away from you (axis 1 = +0.8 -> +x 0.8 under the page's mapping).
-            page.evaluate("navigator.getGamepads = () => [{axes: [0, 0.8, 0, 0], buttons: []}]")
-            time.sleep(1.5)
-            page.evaluate("navigator.getGamepads = () => []")
-            page.click("#success")
-            page.click("#takeover")  # release
-            wait_for(lambda: not stats()["controlled"], 20, "control back to the policy")
-            browser.close()
-        assert stats()["teleop_labels"] == ["success"]
-        wait_for(lambda: any(a.get("interventions") for a in status()["actors"]), 30, "interventions in status")
-        # Replay: the intervened transitions carry exactly the browser's actions (gripper open, as the page starts).
-        address = ray.get(box["fleet"].replay.endpoint.remote())["address"]
-        size = reverb.Client(address).server_info()[ONLINE_TABLE].current_size
-        source = BatchSource(address, spec, batch_size=max(size * 4, 64))
-        batch = source.next(timeout_s=60)
-        source.close()
-        marked = batch.is_intervention.numpy()
-        actions = np.round(batch.action.numpy()[marked], 3)
-        keyboard = [0, -0.5, 0, 0, 0, 0, 1]
-        gamepad = [0.8, 0, 0, 0, 0, 0, 1]
-        idle = [0, 0, 0, 0, 0, 0, 1]  # in control with no key held
-        kinds = {tuple(a) for a in actions}
-        assert tuple(np.float32(keyboard)) in kinds and tuple(np.float32(gamepad)) in kinds, kinds
-        assert kinds <= {tuple(np.float32(k)) for k in (keyboard, gamepad, idle)}, kinds
-        assert (~marked).any()  # the policy's steps are there too, unmarked
-    finally:
-        console_stop.set()
-        stop.set()
-        thread.join(300)
-    assert "error" not in box, box.get("error")
+            with playwright.sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+                page = browser.new_page()
+                assert page.goto(f"{url}/?token=wrong").status == 401  # the login page
+                page.fill("#token", token)
+                page.click("#login")
+                page.wait_for_selector("#actor-0 .view", timeout=30_000)
+                page.click("#actor-0 .view")
+                page.wait_for_function("document.getElementById('camera').naturalWidth > 0", timeout=30_000)
+                # Keyboard: hold "a" (your left: -y at half speed) for a while, in control.
+                page.click("#takeover")
+                wait_for(lambda: stats()["controlled"], 20, "the browser in control")
+                page.keyboard.down("a")
+                time.sleep(1.5)
+                page.keyboard.up("a")
+                # A gamepad: the left stick pushed away from you (axis 1 = +0.8 -> +x 0.8 under the page's mapping).
+                page.evaluate("navigator.getGamepads = () => [{axes: [0, 0.8, 0, 0], buttons: []}]")
+                time.sleep(1.5)
+                page.evaluate("navigator.getGamepads = () => []")
+                page.click("#success")
+                page.click("#takeover")  # release
+                wait_for(lambda: not stats()["controlled"], 20, "control back to the policy")
+                browser.close()
+            assert stats()["teleop_labels"] == ["success"]
+            wait_for(lambda: any(a.get("interventions") for a in status()["actors"]), 30, "interventions in status")
+            # Replay: the intervened transitions carry exactly the browser's actions (gripper open, as the page starts).
+            address = ray.get(training.fleet.replay.endpoint.remote())["address"]
+            size = reverb.Client(address).server_info()[ONLINE_TABLE].current_size
+            source = BatchSource(address, spec, batch_size=max(size * 4, 64))
+            batch = source.next(timeout_s=60)
+            source.close()
+            marked = batch.is_intervention.numpy()
+            actions = np.round(batch.action.numpy()[marked], 3)
+            keyboard = [0, -0.5, 0, 0, 0, 0, 1]
+            gamepad = [0.8, 0, 0, 0, 0, 0, 1]
+            idle = [0, 0, 0, 0, 0, 0, 1]  # in control with no key held
+            kinds = {tuple(a) for a in actions}
+            assert tuple(np.float32(keyboard)) in kinds and tuple(np.float32(gamepad)) in kinds, kinds
+            assert kinds <= {tuple(np.float32(k)) for k in (keyboard, gamepad, idle)}, kinds
+            assert (~marked).any()  # the policy's steps are there too, unmarked
+        finally:
+            console_stop.set()
+    assert training.error is None, training.error

@@ -24,7 +24,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -35,12 +34,11 @@ import zmq
 
 from fleetrl.actors.env_loop import episode_id_for
 from fleetrl.config import load_config
-from fleetrl.distributed.launcher import train
 from fleetrl.distributed.replay import ONLINE_TABLE, make_dataset, split_sample
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.robot import wire
 from fleetrl.runs import new_run
-from fleetrl.testing import free_port, wait_for
+from fleetrl.testing import TrainingThread, free_port, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPISODE = 50
@@ -108,26 +106,8 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
         "recovery.probe_after_s=1.0"])
     spec = transition_spec(cfg.env)
     plan = new_run(cfg)
-    started = threading.Event()
-    box: dict = {}
-    stop = threading.Event()
-
-    def on_start(fleet):
-        box["fleet"] = fleet
-        started.set()
-
-    def run():
-        try:
-            box["summary"] = train(plan, stop=stop, on_start=on_start)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            box["error"] = exc
-            started.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        assert started.wait(180) and "error" not in box, box.get("error")
-        fleet = box["fleet"]
+    with TrainingThread(plan) as training:
+        fleet = training.fleet
         learner_stats = lambda: ray.get(fleet.learner.handle.stats.remote(), timeout=120)  # noqa: E731
         wait_for(lambda: learner_stats()["last_checkpoint"], 180, "a first learner checkpoint")
 
@@ -236,11 +216,8 @@ def test_run_survives_actor_learner_replay_and_robot_kills(tmp_path, robot_serve
             allowed = {(0, 0): 1, (2, 0): 2, (2, 1): 0}.get(writer, 1)
             assert len(partial) <= allowed, (writer, partial)
         assert checked >= 10
-    finally:
-        stop.set()
-        thread.join(300)
-    assert "error" not in box, box.get("error")
-    summary = box["summary"]
+    assert training.error is None, training.error
+    summary = training.summary
     assert summary["restarts"] == {"replay": 1, "learner": 1, "actor 0": 1, "robot widowx_0": 1}
     assert summary["failures"] == 4
     # The run's record of what happened, for `fleetrl status` and later reading.

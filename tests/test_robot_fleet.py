@@ -20,7 +20,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import ray
@@ -28,12 +27,11 @@ import reverb
 import zmq
 
 from fleetrl.config import load_config
-from fleetrl.distributed.launcher import train
 from fleetrl.distributed.replay import ONLINE_TABLE
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.robot import wire
 from fleetrl.runs import new_run
-from fleetrl.testing import free_port, scan_table, wait_for
+from fleetrl.testing import TrainingThread, free_port, scan_table, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPISODE = 30
@@ -99,25 +97,8 @@ def test_robots_survive_a_server_crash_and_join_and_leave_a_running_experiment(t
     spec = transition_spec(cfg.env)
     plan = new_run(cfg)
     run = str(plan.run_dir)
-    box: dict = {}
-    started, stop = threading.Event(), threading.Event()
-
-    def on_start(fleet):
-        box["fleet"] = fleet
-        started.set()
-
-    def run_training():
-        try:
-            box["summary"] = train(plan, stop=stop, on_start=on_start)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            box["error"] = exc
-            started.set()
-
-    thread = threading.Thread(target=run_training, daemon=True)
-    thread.start()
-    try:
-        assert started.wait(180) and "error" not in box, box.get("error")
-        fleet = box["fleet"]
+    with TrainingThread(plan) as training:
+        fleet = training.fleet
         robot = fleet.actors[1]
         stats = lambda: ray.get(robot.handle.stats.remote(drain=False), timeout=60)  # noqa: E731
         learner_steps = lambda: ray.get(fleet.learner.handle.stats.remote(), timeout=60)["learner_steps"]  # noqa: E731
@@ -176,11 +157,8 @@ def test_robots_survive_a_server_crash_and_join_and_leave_a_running_experiment(t
                 assert len(items) == EPISODE and len(ends) == 1 and ends[0]["truncated"], (actor, ep, len(items))
                 assert all(i["reward"] == 0.0 for i in items.values())  # no classifier: a robot has no reward
         assert sum(next(iter(i.values()))["actor_id"] == 2 for i in seen.values()) == left["episodes_written"]
-    finally:
-        stop.set()
-        thread.join(300)
-    assert "error" not in box, box.get("error")
-    assert box["summary"]["restarts"] == {}
+    assert training.error is None, training.error
+    assert training.summary["restarts"] == {}
     events = [json.loads(line) for line in (plan.run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["action"] for e in events if e["component"] == "robot widowx_1"] == ["attached", "detaching",
                                                                                    "detached"]
