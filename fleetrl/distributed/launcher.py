@@ -199,10 +199,10 @@ def _run(fleet: Fleet, plan: RunPlan, sink: MetricsSink, reporter: StatusReporte
             inbox.answer(command, ok=result["error"] is None, **{k: v for k, v in result.items() if k != "error"},
                          error=result["error"])
         stats = fleet.poll()
+        _log_episodes(run_dir, stats["actors"])  # drained from the actors: logged now or never
         if stats["learner"] is None or stats["replay"] is None:
             continue
         row = _row(t0, prev, stats["actors"], stats["learner"], stats["replay"], plan, last_ep)
-        _log_episodes(run_dir, stats["actors"])
         sink.write({k: v for k, v in row.items() if not k.startswith("_")})
         reporter.write(row)
         prev = row
