@@ -110,3 +110,35 @@ class TrainingThread:
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
         self._thread.join(300)
+
+
+class ListSink:
+    """An episode sink that keeps every episode in memory: ``episodes`` holds ``(rows, padding_row)`` pairs."""
+
+    def __init__(self) -> None:
+        self.episodes: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
+
+    def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
+                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+        self.episodes.append((rows, padding_row))
+        return True
+
+
+def zmq_request(address: str, message: dict[str, Any], timeout_ms: int = 3000) -> dict[str, Any] | None:
+    """One request in fleetrl's wire format on a fresh REQ socket (a robot server or a teleop endpoint, as an
+    operator's tool would send it); None if no reply came within ``timeout_ms``."""
+    import zmq
+
+    from fleetrl.robot import wire
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    try:
+        sock.send(wire.encode(message))
+        return wire.decode(sock.recv())
+    except zmq.Again:
+        return None
+    finally:
+        sock.close()

@@ -18,29 +18,17 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import time
+
+from calql_evidence import fleetrl  # the same way of running the command line, logged per run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "widowx_hil_evidence.yaml"
 CONDITIONS = {"interventions": ["teleop.scripted_share=0.3", "demos.ratio=0.5"],
               "none": ["teleop.scripted_share=0.0", "demos.ratio=0.0"]}
 MIN_EPISODES_PER_BIN = 5
-
-
-def fleetrl(*args: str, log: pathlib.Path) -> str:
-    env = dict(os.environ, WANDB_MODE="disabled", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    with log.open("a") as fh:
-        proc = subprocess.run([sys.executable, "-m", "fleetrl.cli", *args], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=fh)
-        fh.write(proc.stdout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"fleetrl {args[0]} failed ({proc.returncode}); see {log}")
-    return proc.stdout
 
 
 def one_run(out: pathlib.Path, condition: str, seed: int, extra: list[str]) -> dict:

@@ -23,6 +23,17 @@ def dict_spec() -> TransitionSpec:
                           action=ArraySpec((2,), np.dtype(np.float32)))
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance for one test module (4 logical CPUs, one OpenMP thread per worker)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny networks on a shared 2-core machine: extra intra-op threads only add sync cost (and spin badly when

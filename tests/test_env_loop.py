@@ -10,7 +10,7 @@ from fleetrl.actors.env_loop import EnvLoop, episode_id_for
 from fleetrl.config import EnvConfig
 from fleetrl.core import EpisodeAborted
 from fleetrl.envs.gym_adapter import make_env
-from fleetrl.testing import ConstantPolicy
+from fleetrl.testing import ConstantPolicy, ListSink
 from fleetrl.types import TransitionSpec, monte_carlo_returns
 
 
@@ -35,13 +35,6 @@ class CountingEnv(gym.Env):
                 {"success": end and not self.truncate})
 
 
-class ListSink:
-    def __init__(self):
-        self.episodes = []
-
-    def write_episode(self, rows, padding_row, should_stop=lambda: False):
-        self.episodes.append((rows, padding_row))
-        return True
 
 
 def test_plain_discounted_returns():

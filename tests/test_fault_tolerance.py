@@ -30,15 +30,13 @@ import numpy as np
 import pytest
 import ray
 import reverb
-import zmq
 
 from fleetrl.actors.env_loop import episode_id_for
 from fleetrl.config import load_config
 from fleetrl.distributed.replay import ONLINE_TABLE, make_dataset, split_sample
 from fleetrl.envs.gym_adapter import transition_spec
-from fleetrl.robot import wire
 from fleetrl.runs import new_run
-from fleetrl.testing import TrainingThread, free_port, wait_for
+from fleetrl.testing import TrainingThread, free_port, wait_for, zmq_request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPISODE = 50
@@ -68,15 +66,7 @@ def _scan_episodes(address: str, spec, samples: int) -> dict[int, dict[bytes, bo
 
 def _ask(port: int, message: dict) -> dict:
     """One request to the robot server, as an operator's tool would send it."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        sock.send(wire.encode(message))
-        return wire.decode(sock.recv())
-    finally:
-        sock.close()
+    return zmq_request(f"tcp://127.0.0.1:{port}", message)
 
 
 @pytest.fixture

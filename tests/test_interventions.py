@@ -26,7 +26,7 @@ from fleetrl.distributed.sim_actor import SimActor
 from fleetrl.distributed.weights import WeightStore
 from fleetrl.envs.gym_adapter import make_env, transition_spec
 from fleetrl.robot import wire
-from fleetrl.testing import constant_policy_factory, scan_table, wait_for
+from fleetrl.testing import constant_policy_factory, scan_table, wait_for, zmq_request
 from fleetrl.types import TransitionSpec
 
 
@@ -145,15 +145,7 @@ def test_a_rerecord_request_throws_the_episode_away():
 
 # ---- the teleop endpoint over a real socket -------------------------------------------------------------------
 def _ask(address: str, message: dict) -> dict:
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    try:
-        sock.send(wire.encode(message))
-        return wire.decode(sock.recv())
-    finally:
-        sock.close()
+    return zmq_request(address, message)
 
 
 def test_the_teleop_endpoint_takes_commands_checks_the_token_and_labels():
@@ -182,13 +174,7 @@ def test_the_teleop_endpoint_takes_commands_checks_the_token_and_labels():
         TeleopEndpoint(takeover, "", actor_id=0)
 
 
-# ---- a real actor, Reverb server and demos table ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
-    yield
-    ray.shutdown()
+# ---- a real actor, Reverb server and demos table (``ray_local``: tests/conftest.py) -----------------------------
 
 
 def _seeds(path, n_episodes=2, length=20):

@@ -14,16 +14,8 @@ from fleetrl.actors.env_loop import EnvLoop
 from fleetrl.config import ConfigError, EnvConfig, robot_from_dict
 from fleetrl.distributed.control import ControlError, Inbox, submit, wait_answer
 from fleetrl.envs.gym_adapter import make_env
+from fleetrl.testing import ListSink
 from fleetrl.types import TransitionSpec
-
-
-class ListSink:
-    def __init__(self):
-        self.episodes = []
-
-    def write_episode(self, rows, padding_row, should_stop=lambda: False):
-        self.episodes.append((rows, padding_row))
-        return True
 
 
 class BlockingSink(ListSink):

@@ -24,14 +24,12 @@ import sys
 import pytest
 import ray
 import reverb
-import zmq
 
 from fleetrl.config import load_config
 from fleetrl.distributed.replay import ONLINE_TABLE
 from fleetrl.envs.gym_adapter import transition_spec
-from fleetrl.robot import wire
 from fleetrl.runs import new_run
-from fleetrl.testing import TrainingThread, free_port, scan_table, wait_for
+from fleetrl.testing import TrainingThread, free_port, scan_table, wait_for, zmq_request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPISODE = 30
@@ -46,17 +44,7 @@ def _server(port: int) -> subprocess.Popen:
 
 
 def _ask(port: int, message: dict) -> dict | None:
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        sock.send(wire.encode(message))
-        return wire.decode(sock.recv())
-    except zmq.Again:
-        return None
-    finally:
-        sock.close()
+    return zmq_request(f"tcp://127.0.0.1:{port}", message)
 
 
 def _cli(*args: str) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import ray
 import reverb
 
@@ -14,14 +13,6 @@ from fleetrl.distributed.sim_actor import SimActor
 from fleetrl.distributed.weights import WeightStore
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.testing import constant_policy_factory, wait_for
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}})
-    yield
-    ray.shutdown()
 
 
 def test_published_version_changes_actions_mid_episode(ray_local, tmp_path):
