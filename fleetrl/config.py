@@ -15,6 +15,15 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
+from fleetrl.algo_config import (  # noqa: F401  (re-exported: fleetrl.config is where configs are imported from)
+    CQLConfig,
+    EncoderConfig,
+    FlowConfig,
+    OGPOConfig,
+    RewardConfig,
+    SACConfig,
+)
+
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -113,123 +122,6 @@ class ReplayConfig:
     transitions. Larger values let bursty writers (whole episodes at once) run without blocking."""
     port: int = Field(0, ge=0, le=65535)
     """gRPC port of the Reverb server; 0 picks a free one."""
-
-
-@dataclass(frozen=True, config=_STRICT)
-class SACConfig:
-    """SAC (RLPD-style) hyperparameters."""
-
-    gamma: float = Field(0.99, gt=0, le=1)
-    """Discount per env step."""
-    tau: float = Field(0.005, gt=0, le=1)
-    """Polyak rate of the target critics."""
-    actor_lr: float = Field(3e-4, gt=0)
-    critic_lr: float = Field(3e-4, gt=0)
-    alpha_lr: float = Field(3e-4, gt=0)
-    hidden_dims: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of actor and critics."""
-    num_critics: int = Field(2, ge=1)
-    """Critic ensemble size (REDQ/RLPD use 10)."""
-    critic_subsample: int | None = Field(None, ge=1)
-    """Ensemble members whose minimum forms the target (None = all; RLPD uses 2 of 10)."""
-    critic_layer_norm: bool = False
-    """LayerNorm after each critic hidden layer (RLPD)."""
-    init_temperature: float = Field(1.0, gt=0)
-    target_entropy: float | None = None
-    """Entropy target; None means ``-action_dim``."""
-    backup_entropy: bool = True
-    """Subtract the entropy term inside the TD target."""
-    policy_q: Literal["mean", "min"] = "mean"
-    """How the actor loss reduces the critic ensemble: ``mean`` (RLPD) or ``min`` (SAC, CQL, Cal-QL)."""
-
-    @model_validator(mode="after")
-    def _subsample_fits(self) -> SACConfig:
-        if self.critic_subsample is not None and self.critic_subsample > self.num_critics:
-            raise ValueError(f"critic_subsample ({self.critic_subsample}) must be <= num_critics ({self.num_critics})")
-        if any(h < 1 for h in self.hidden_dims):
-            raise ValueError("hidden_dims must all be >= 1")
-        return self
-
-
-@dataclass(frozen=True, config=_STRICT)
-class CQLConfig(SACConfig):
-    """CQL (arXiv 2006.04779) and Cal-QL (arXiv 2303.05479) on top of SAC; defaults are Cal-QL's paper values.
-
-    ``learner.algorithm: calql`` floors the policy-action values of the regulariser at the Monte-Carlo return;
-    ``cql`` is the same learner without the floor. The inherited SAC fields keep their meaning; the ones whose
-    paper value differs from SAC's are redefined here.
-    """
-
-    actor_lr: float = Field(1e-4, gt=0)
-    """Policy learning rate (Cal-QL: 1e-4; critics 3e-4)."""
-    alpha_lr: float = Field(1e-4, gt=0)
-    """Temperature learning rate (Cal-QL's official code uses the policy's)."""
-    backup_entropy: bool = False
-    """Cal-QL's backup has no entropy term."""
-    policy_q: Literal["mean", "min"] = "min"
-    """The policy maximises ``min(Q1, Q2)`` (Cal-QL)."""
-    alpha: float = Field(5.0, ge=0)
-    """Weight of the conservative gap (alpha_cql; Cal-QL AntMaze 5, Adroit 1)."""
-    lagrange: bool = False
-    """Lagrange form: learn a multiplier alpha' that holds the gap at ``target_gap`` (Cal-QL AntMaze: on)."""
-    target_gap: float = 0.8
-    """Target of the gap in the Lagrange form (Cal-QL AntMaze: 0.8)."""
-    alpha_prime_lr: float = Field(3e-4, gt=0)
-    """Learning rate of alpha' (Lagrange form)."""
-    init_log_alpha_prime: float = 1.0
-    """Initial log alpha' (the official code starts it at 1.0)."""
-    num_actions: int = Field(10, ge=1)
-    """Actions sampled per state for the regulariser (uniform, pi(.|s), pi(.|s')) and the max-target backup."""
-    temperature: float = Field(1.0, gt=0)
-    """Temperature of the regulariser's logsumexp."""
-    max_target_backup: bool = True
-    """TD target: max over ``num_actions`` next actions of the min over target critics (Cal-QL: on)."""
-    importance_sample: bool = True
-    """Weight the logsumexp's actions by their sampling density (uniform 0.5^|A|, pi) (Cal-QL: on)."""
-
-
-@dataclass(frozen=True, config=_STRICT)
-class RewardConfig:
-    """How the learner sees rewards, and the Monte-Carlo return rule; actors use the same for ``mc_return``."""
-
-    scale: float = 1.0
-    """The learner trains on ``reward * scale + bias`` (Cal-QL AntMaze: 10, -5; Adroit: 10, 5)."""
-    bias: float = 0.0
-    sparse: bool = False
-    """Sparse task: an episode whose every reward equals ``negative`` failed, and its Monte-Carlo return is
-    ``r_neg / (1 - gamma)`` at every step (``r_neg`` the transformed ``negative``); a time-limit truncation is then
-    valued at that too beyond its end (see docs/algorithms.md)."""
-    negative: float = 0.0
-    """The raw reward of a step that did not reach the goal (sparse tasks)."""
-
-    def transformed_negative(self) -> float | None:
-        """``r_neg`` in the learner's units, or None if the task is not sparse."""
-        return self.negative * self.scale + self.bias if self.sparse else None
-
-
-@dataclass(frozen=True, config=_STRICT)
-class EncoderConfig:
-    """The CNN that reads image observations (uint8 ``H x W x C`` keys); unused on the state-only path.
-
-    A GroupNorm ResNet with a learned spatial embedding (PTR, arXiv 2210.05178); the actor and the critics each have
-    their own. Images are random-shifted in every learner update (DrQ), never when acting."""
-
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    """Width of each stride-2 stage (each halves the resolution; the image size must be divisible by 2**stages)."""
-    groups: int = Field(8, ge=1)
-    """GroupNorm groups (must divide every width)."""
-    spatial_blocks: int = Field(8, ge=1)
-    """Learned spatial weightings per channel of the last feature map."""
-    out_dim: int = Field(256, ge=1)
-    """Features per image key."""
-    shift_pad: int = Field(4, ge=0)
-    """Random-shift padding in pixels (0 = no augmentation)."""
-
-    @model_validator(mode="after")
-    def _groups_divide(self) -> EncoderConfig:
-        if not self.channels or any(c < 1 or c % self.groups for c in self.channels):
-            raise ValueError(f"groups ({self.groups}) must divide every entry of channels {list(self.channels)}")
-        return self
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -1,0 +1,270 @@
+"""OGPO and the flow policy (issue 8): chain likelihoods, advantages, PPO ratio, chunked TD, flow BC, gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fleetrl.config import FlowConfig, OGPOConfig, load_config
+from fleetrl.learners.flow import (
+    FlowVelocity,
+    chain_log_prob,
+    chain_sigmas,
+    euler_sample,
+    flow_matching_loss,
+    sample_chain,
+)
+from fleetrl.learners.flow_policy import FlowChunkPolicy
+from fleetrl.learners.ogpo import (
+    OGPO,
+    chunk_td_target,
+    conservative_advantage,
+    group_advantage,
+    ppo_chain_loss,
+)
+from fleetrl.types import ArraySpec, TransitionBatch, TransitionSpec
+
+F32 = np.dtype(np.float32)
+SPEC = TransitionSpec(obs={"state": ArraySpec((3,), F32)}, action=ArraySpec((2,), F32))
+SMALL_FLOW = FlowConfig(horizon=2, denoise_steps=4, hidden_dims=(32, 32), time_features=8)
+SMALL_OGPO = OGPOConfig(num_critics=3, critic_hidden_dims=(32, 32), ppo_states=4, chains_per_state=5)
+
+
+def chunk_batch(b: int = 6, horizon: int = 2, seed: int = 0) -> TransitionBatch:
+    g = torch.Generator().manual_seed(seed)
+    return TransitionBatch(
+        obs={"state": torch.randn((b, 3), generator=g)}, action=torch.rand((b, horizon, 2), generator=g) * 2 - 1,
+        reward=torch.rand((b, horizon), generator=g), discount=torch.ones(b, horizon),
+        terminated=torch.zeros(b, dtype=torch.bool), truncated=torch.zeros(b, dtype=torch.bool),
+        next_obs={"state": torch.randn((b, 3), generator=g)}, mc_return=torch.zeros(b),
+        is_intervention=torch.zeros(b, dtype=torch.bool), policy_version=torch.zeros(b, dtype=torch.int64),
+        actor_id=torch.zeros(b, dtype=torch.int32), episode_id=torch.zeros(b, dtype=torch.int64))
+
+
+# ------------------------------------------------------------------------------------------ chain likelihood
+
+
+def test_chain_log_prob_equals_a_brute_force_gaussian_computation():
+    torch.manual_seed(0)
+    vel = FlowVelocity(obs_dim=3, chunk_dim=4, hidden_dims=(16,), time_features=4).double()
+    obs = torch.randn(3, 3, dtype=torch.float64)
+    steps, scale = 5, 0.3
+    chains = sample_chain(vel, obs, steps, scale)
+    fast = chain_log_prob(vel, obs, chains, scale).detach().numpy()
+
+    # One chain, one step, one explicit multivariate normal density at a time (full covariance, determinant).
+    for n in range(3):
+        total = 0.0
+        for k in range(steps):
+            t = k / steps
+            x = chains[n, k].numpy()
+            with torch.no_grad():
+                v = vel(obs[n:n + 1], chains[n:n + 1, k], torch.tensor([t], dtype=torch.float64))[0].numpy()
+            sigma = scale * math.sqrt(1 - t)
+            mean = x + (v + sigma ** 2 / 2 * (t * v - x) / (1 - t)) / steps
+            cov = sigma ** 2 * np.eye(4)
+            diff = chains[n, k + 1].numpy() - mean
+            total += -0.5 * diff @ np.linalg.inv(cov) @ diff - 0.5 * math.log(np.linalg.det(2 * math.pi * cov))
+        assert fast[n] == pytest.approx(total / (steps * 4), rel=1e-9, abs=1e-9)
+
+
+def test_chain_noise_tapers_and_sampled_chains_follow_the_flow():
+    sig = chain_sigmas(4, 0.05)
+    assert sig[0] == pytest.approx(0.05) and all(a > b for a, b in zip(sig, sig[1:], strict=False))
+    torch.manual_seed(1)
+    vel = FlowVelocity(3, 4, (16,), 4)
+    obs = torch.randn(64, 3)
+    chains = sample_chain(vel, obs, 8, 1e-6)  # almost no noise: the chain is the Euler ODE from its own x_0
+    assert torch.allclose(chains[:, -1], euler_sample(vel, obs, 8, chains[:, 0]), atol=1e-4)
+
+
+def test_the_gradient_of_the_chain_log_prob_reaches_the_velocity_field_not_the_chain():
+    vel = FlowVelocity(3, 4, (16,), 4)
+    obs = torch.randn(5, 3)
+    chains = sample_chain(vel, obs, 3, 0.1).requires_grad_(True)
+    chain_log_prob(vel, obs, chains, 0.1).sum().backward()
+    assert chains.grad is None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vel.parameters())
+
+
+# ------------------------------------------------------------------------------------------ PPO pieces
+
+
+def test_the_ratio_is_one_when_the_policy_equals_the_old_policy():
+    algo = OGPO(SPEC, SMALL_OGPO, SMALL_FLOW, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(algo.actor.parameters(), algo.old_actor.parameters(), strict=True))
+    _, metrics = algo.policy_loss(chunk_batch())
+    assert metrics["ratio_mean"].item() == 1.0
+    assert metrics["clip_fraction"].item() == 0.0
+    # After an update the old policy is only an EMA of the new one: the next ratio differs from 1.
+    algo.update(chunk_batch())
+    _, metrics = algo.policy_loss(chunk_batch(seed=1))
+    assert metrics["ratio_mean"].item() != 1.0
+
+
+def test_the_group_mean_advantage_sums_to_zero_per_state():
+    q = torch.randn(10, 7, 32)
+    adv = group_advantage(q)
+    assert adv.shape == (7, 32)
+    assert torch.allclose(adv.sum(-1), torch.zeros(7), atol=1e-5)
+    assert torch.allclose(adv, q.mean(0) - q.mean(0).mean(-1, keepdim=True))  # no std normalisation
+
+
+def test_the_conservative_advantage_keeps_only_what_every_head_agrees_on():
+    # One state, three chains, two heads. Per-head advantages (q minus the head's chain mean):
+    #   head 0: [+2, -1, -1], head 1: [+1, +1, -2]  ->  chain 0 all positive (min 1), chain 1 disagree (0),
+    #   chain 2 all negative (max -1).
+    q = torch.tensor([[[3.0, 0.0, 0.0]], [[2.0, 2.0, -1.0]]])
+    adv = conservative_advantage(q)
+    assert adv.tolist() == [[1.0, 0.0, -1.0]]
+
+
+def test_the_clipped_surrogate_has_no_gradient_outside_the_clip_in_the_advantage_direction():
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    old = torch.zeros(4)
+    logp = torch.tensor([0.5, -0.5, -0.5, 0.5], requires_grad=True)  # ratios e^.5 (A>0), e^-.5 (A<0), ...
+    loss, metrics = ppo_chain_loss(logp, old, adv, clip=0.01)
+    loss.backward()
+    # Ratio above 1 + eps with A > 0, and below 1 - eps with A < 0: clipped, no gradient. The other two are not.
+    assert logp.grad[0] == 0 and logp.grad[1] == 0
+    assert logp.grad[2] != 0 and logp.grad[3] != 0
+    assert metrics["clip_fraction"].item() == 1.0
+
+
+# ------------------------------------------------------------------------------------------ critic
+
+
+def test_chunked_td_targets_on_a_hand_made_batch():
+    g = 0.9
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 0.0], [0.0, 5.0, 0.0], [1.0, 0.0, 0.0]])
+    valid = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)
+    terminated = torch.tensor([False, True, False, False])
+    next_v = torch.tensor([10.0, 10.0, 10.0, -4.0])
+    y = chunk_td_target(rewards, valid, terminated, next_v, g)
+    expected = [1 + g * 2 + g * g * 3 + g ** 3 * 10,   # a whole chunk: gamma^H bootstrap
+                1 + g * 1,                             # terminated after 2 steps: no bootstrap
+                0 + g * 5 + g ** 2 * 10,               # time limit after 2 steps: gamma^2 bootstrap
+                1 + g * -4]                            # one step left in the episode
+    assert y.tolist() == pytest.approx(expected)
+
+
+def test_each_loss_reaches_only_its_own_parameters():
+    algo = OGPO(SPEC, SMALL_OGPO, SMALL_FLOW, seed=0)
+    batch = chunk_batch()
+    loss, _ = algo.critic_loss(batch)
+    loss.backward()
+    assert all(p.grad is not None for p in algo.critic.parameters())
+    assert all(p.grad is None for p in algo.actor.parameters())
+    assert all(p.grad is None for p in algo.target_critic.parameters())
+    assert all(p.grad is None for p in algo.old_actor.parameters())
+    algo.critic.zero_grad(set_to_none=True)
+    loss, _ = algo.policy_loss(batch, bc_batch=chunk_batch(seed=3))
+    loss.backward()
+    assert all(p.grad is None for p in algo.critic.parameters())  # no grad_a Q, no critic step from PPO
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.actor.parameters())
+    assert all(p.grad is None for p in algo.old_actor.parameters())
+
+
+def test_the_q_target_is_the_ensemble_mean_and_averages_several_next_chunks():
+    cfg = OGPOConfig(num_critics=4, critic_hidden_dims=(16,), q_target_samples=8, ppo_states=2, chains_per_state=2)
+    algo = OGPO(SPEC, cfg, SMALL_FLOW, seed=0)
+    batch = chunk_batch()
+    batch.terminated = torch.ones(6, dtype=torch.bool)  # no bootstrap: the target is the discounted chunk reward
+    _, metrics = algo.critic_loss(batch)
+    r = batch.reward
+    assert metrics["target_q_mean"].item() == pytest.approx((r[:, 0] + 0.99 * r[:, 1]).mean().item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ flow BC and learning
+
+
+def test_flow_bc_lowers_the_flow_matching_loss_and_reproduces_the_data():
+    torch.manual_seed(0)
+    vel = FlowVelocity(obs_dim=2, chunk_dim=2, hidden_dims=(64, 64), time_features=8)
+    opt = torch.optim.Adam(vel.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:  # the expert's chunk is a fixed function of the state
+        s = torch.rand((n, 2), generator=g) * 2 - 1
+        return s, torch.stack([0.8 * s[:, 0], -0.5 * s[:, 1]], dim=-1)
+
+    s_eval, a_eval = data(256)
+    before = flow_matching_loss(vel, s_eval, a_eval, torch.Generator().manual_seed(9))[0].item()
+    for _ in range(600):
+        s, a = data(128)
+        loss, _ = flow_matching_loss(vel, s, a, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = flow_matching_loss(vel, s_eval, a_eval, torch.Generator().manual_seed(9))[0].item()
+    assert after < 0.5 * before
+    sampled = euler_sample(vel, s_eval, 10, torch.randn(256, 2, generator=g))
+    assert (sampled - a_eval).abs().mean().item() < 0.1
+
+
+def test_ogpo_moves_a_flow_policy_towards_higher_value_chunks():
+    """A one-step bandit: reward -|chunk - target|^2; after OGPO updates the policy's chunks are closer to it."""
+    flow = FlowConfig(horizon=1, denoise_steps=4, hidden_dims=(64, 64), time_features=8)
+    cfg = OGPOConfig(num_critics=4, critic_hidden_dims=(64, 64), ppo_states=32, chains_per_state=16, clip=0.2,
+                     policy_lr=1e-3, critic_lr=3e-3, noise_scale=0.3, old_policy_ema=0.5, success_bc=False,
+                     conservative_advantage=False)
+    algo = OGPO(SPEC, cfg, flow, seed=0)
+    target = torch.tensor([0.6, -0.6])
+    g = torch.Generator().manual_seed(0)
+
+    def distance() -> float:
+        obs = {"state": torch.zeros(256, 3)}
+        chunks = algo.actor.sample_chunks(obs, torch.randn(256, 2, generator=g))
+        return (chunks[:, 0] - target).norm(dim=-1).mean().item()
+
+    start = distance()
+    for _ in range(300):
+        b = 64
+        action = torch.rand((b, 1, 2), generator=g) * 2 - 1
+        batch = chunk_batch(b, horizon=1)
+        batch.obs, batch.next_obs = {"state": torch.zeros(b, 3)}, {"state": torch.zeros(b, 3)}
+        batch.action = action
+        batch.reward = -(action[:, 0] - target).square().sum(-1, keepdim=True)
+        batch.discount, batch.terminated = torch.ones(b, 1), torch.ones(b, dtype=torch.bool)
+        algo.update(batch)
+    assert distance() < 0.6 * start
+
+
+# ------------------------------------------------------------------------------------------ shipped policy, state
+
+
+def test_the_shipped_chunk_policy_executes_the_learner_chunk_in_order_and_resamples():
+    algo = OGPO(SPEC, SMALL_OGPO, SMALL_FLOW, seed=0)
+    policy = FlowChunkPolicy(SPEC, SMALL_FLOW, seed=0)
+    policy.load_weights(algo.policy_weights())
+    obs = {"state": np.array([0.1, -0.2, 0.3], np.float32)}
+    a0, a1 = policy.act(obs, deterministic=True), policy.act(obs, deterministic=True)
+    expected = algo.actor.sample_chunks({"state": torch.as_tensor(obs["state"])[None]}, torch.zeros(1, 4))[0]
+    assert np.allclose(np.stack([a0, a1]), expected.numpy(), atol=1e-6)
+    assert a0.shape == (2,) and np.all(np.abs(a0) <= 1)
+    policy.reset()
+    assert np.allclose(policy.act(obs, deterministic=True), a0, atol=1e-6)  # a new chunk from the first action
+
+
+def test_state_dict_round_trip_continues_bit_identically():
+    cfg = OGPOConfig(num_critics=3, critic_hidden_dims=(32,), ppo_states=4, chains_per_state=4, chi2=True)
+    a, b = OGPO(SPEC, cfg, SMALL_FLOW, seed=0), OGPO(SPEC, cfg, SMALL_FLOW, seed=5)
+    a.update(chunk_batch())
+    b.load_state_dict(a.state_dict())
+    ma, mb = a.update(chunk_batch(seed=2)), b.update(chunk_batch(seed=2))
+    assert {k: v.item() for k, v in ma.items()} == {k: v.item() for k, v in mb.items()}
+    assert all(torch.equal(x, y) for x, y in zip(a.actor.parameters(), b.actor.parameters(), strict=True))
+    with pytest.raises(ValueError, match="ref_actor"):
+        OGPO(SPEC, dataclasses.replace(cfg, chi2=False), SMALL_FLOW).load_state_dict(a.state_dict())
+
+
+def test_flow_and_ogpo_configs_validate_with_the_key_named(tmp_path):
+    with pytest.raises(Exception, match="time_features"):
+        FlowConfig(time_features=7)
+    with pytest.raises(Exception, match="clip"):
+        OGPOConfig(clip=0.0)
+    assert load_config(None).learner is not None
