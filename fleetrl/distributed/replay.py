@@ -4,6 +4,11 @@ A transition is a Reverb item over a two-step window of appended step rows: it r
 second is the next observation) and every other field at the first. So the next observation is stored once, in the
 following row; after an episode's last step a padding row carries the final observation.
 
+Action chunks (``horizon`` H > 1, flow policies and OGPO's chunked TD): an item is an (H + 1)-step window, the
+observation at its first and last step and every other field at its first H steps; H padding rows follow each
+episode, all carrying the final observation. :func:`split_sample` turns such a window into one chunk transition
+(see :func:`split_sample`). Nothing is stored twice either way.
+
 Storage layout: each observation key is a column; the action and the float scalars share one float32 column
 (``f32``), the bool and integer scalars one int64 column (``i64``). The writer's cost is per column and per step
 (about 35 us each here), so packing 9 scalar fields into 2 columns more than halves the actors' insert cost.
@@ -56,22 +61,31 @@ def _action_size(spec: TransitionSpec) -> int:
     return int(np.prod(spec.action.shape, dtype=np.int64))
 
 
-def item_signature(spec: TransitionSpec) -> dict[str, Any]:
-    """Reverb signature of one stored transition, derived from the schema."""
-    return {"obs": {k: _tensor_spec(s, window=2) for k, s in spec.obs.items()},
-            "f32": tf.TensorSpec((_action_size(spec) + len(FLOAT_FIELDS),), tf.float32),
-            "i64": tf.TensorSpec((len(INT_FIELDS),), tf.int64)}
+def item_signature(spec: TransitionSpec, horizon: int = 1) -> dict[str, Any]:
+    """Reverb signature of one stored transition (``horizon`` 1) or action chunk, derived from the schema."""
+    if horizon < 1:
+        raise ValueError(f"horizon: must be >= 1, got {horizon}")
+    chunk = () if horizon == 1 else (horizon,)
+    return {"obs": {k: _tensor_spec(s, window=horizon + 1) for k, s in spec.obs.items()},
+            "f32": tf.TensorSpec((*chunk, _action_size(spec) + len(FLOAT_FIELDS)), tf.float32),
+            "i64": tf.TensorSpec((*chunk, len(INT_FIELDS)), tf.int64)}
 
 
 def pack_episode(spec: TransitionSpec, rows: Sequence[Mapping[str, Any]],
-                 padding_row: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Schema rows (plus the padding row) in the storage layout: ``{"obs": {...}, "f32": [...], "i64": [...]}``."""
-    every = [*rows, padding_row]
+                 padding_row: Mapping[str, Any], horizon: int = 1) -> list[dict[str, Any]]:
+    """Schema rows, then ``horizon`` copies of the padding row, in the storage layout:
+    ``{"obs": {...}, "f32": [...], "i64": [...]}``.
+
+    With ``horizon`` > 1 the last row is marked ``truncated`` if it is neither terminated nor truncated (a dataset
+    episode that simply stops): chunk windows find the episode's end by those flags."""
+    every = [*rows, *([padding_row] * horizon)]
     a = _action_size(spec)
     f32 = np.empty((len(every), a + len(FLOAT_FIELDS)), np.float32)
     f32[:, :a] = np.stack([np.asarray(r["action"], np.float32).reshape(a) for r in every])
     f32[:, a:] = [[r[k] for k in FLOAT_FIELDS] for r in every]
     i64 = np.array([[r[k] for k in INT_FIELDS] for r in every], np.int64)
+    if horizon > 1 and rows and not (rows[-1]["terminated"] or rows[-1]["truncated"]):
+        i64[len(rows) - 1, INT_FIELDS.index("truncated")] = 1
     return [{"obs": r["obs"], "f32": f32[t], "i64": i64[t]} for t, r in enumerate(every)]
 
 
@@ -87,11 +101,12 @@ def rate_limiter(cfg: ReplayConfig, batch_size: int) -> reverb.rate_limiters.Sam
         error_buffer=max(cfg.rate_tolerance_steps * spi, 2.0 * max(1.0, spi)))
 
 
-def online_table(spec: TransitionSpec, cfg: ReplayConfig, batch_size: int) -> reverb.Table:
-    """Table ``online``: uniform sampling, FIFO eviction, the UTD rate limiter."""
+def online_table(spec: TransitionSpec, cfg: ReplayConfig, batch_size: int, horizon: int = 1) -> reverb.Table:
+    """Table ``online``: uniform sampling, FIFO eviction, the UTD rate limiter; items are transitions, or action
+    chunks of ``horizon`` steps."""
     return reverb.Table(
         name=ONLINE_TABLE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
-        max_size=cfg.capacity, rate_limiter=rate_limiter(cfg, batch_size), signature=item_signature(spec))
+        max_size=cfg.capacity, rate_limiter=rate_limiter(cfg, batch_size), signature=item_signature(spec, horizon))
 
 
 def inserts_completed(client: reverb.Client, table: str = ONLINE_TABLE) -> int:
@@ -109,9 +124,10 @@ class EpisodeWriter:
 
     def __init__(self, client: reverb.Client, spec: TransitionSpec, table: str = ONLINE_TABLE,
                  flush_timeout_ms: int = 1000, server_gone: Callable[[], bool] | None = None,
-                 demo_table: str | None = None):
-        self._writer = client.trajectory_writer(num_keep_alive_refs=2)
+                 demo_table: str | None = None, horizon: int = 1):
+        self._writer = client.trajectory_writer(num_keep_alive_refs=horizon + 1)
         self._spec, self._table, self._demo_table = spec, table, demo_table
+        self._horizon = horizon
         self._flush_timeout_ms = flush_timeout_ms
         # Asked after every flush that timed out: True means the server no longer answers (a dead server and a
         # blocking rate limiter look alike to the writer). The write is abandoned then and ``broken`` set.
@@ -131,11 +147,12 @@ class EpisodeWriter:
         """
         if self.broken:
             return False
-        writer = self._writer
-        for i, step in enumerate(pack_episode(self._spec, rows, padding_row)):
+        writer, h = self._writer, self._horizon
+        for i, step in enumerate(pack_episode(self._spec, rows, padding_row, h)):
             writer.append(step)
-            if i >= 1:  # never a window across two episodes: the first row of an episode only opens one
-                self._create_item(demo=self._demo_table is not None and bool(rows[i - 1]["is_intervention"]))
+            if i >= h:  # the window of row i - h is complete; never a window across two episodes
+                demo = self._demo_table is not None and any(bool(r["is_intervention"]) for r in rows[i - h:i])
+                self._create_item(demo=demo)
             # Bound the unconfirmed items: memory on both sides stays small while the limiter blocks inserts.
             if i % MAX_PENDING_ITEMS == MAX_PENDING_ITEMS - 1 and not self._flush(MAX_PENDING_ITEMS, should_stop):
                 return False
@@ -163,9 +180,13 @@ class EpisodeWriter:
                     return False
 
     def _create_item(self, demo: bool = False) -> None:
-        hist = self._writer.history
-        trajectory = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
-                      "f32": hist["f32"][-2], "i64": hist["i64"][-2]}
+        hist, h = self._writer.history, self._horizon
+        if h == 1:
+            trajectory = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
+                          "f32": hist["f32"][-2], "i64": hist["i64"][-2]}
+        else:
+            trajectory = {"obs": {k: col[-(h + 1):] for k, col in hist["obs"].items()},
+                          "f32": hist["f32"][-(h + 1):-1], "i64": hist["i64"][-(h + 1):-1]}
         self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
         self.items_created += 1
         if demo:
@@ -186,14 +207,43 @@ class EpisodeWriter:
 
 
 def split_sample(spec: TransitionSpec, data: Mapping[str, Any]) -> TransitionBatch:
-    """Sampled item data (numpy, leading batch axis) as a :class:`TransitionBatch`, unpacked by field name."""
+    """Sampled item data (numpy, leading batch axis) as a :class:`TransitionBatch`, unpacked by field name.
+
+    Chunk items (``f32`` of rank 3, ``[B, H, ...]``) become chunk transitions: ``action [B, H, *A]``, ``reward
+    [B, H]`` (0 past the episode's end), ``discount [B, H]`` = 1 for the chunk's steps inside the episode and 0
+    past its end, ``terminated`` / ``truncated`` / ``is_intervention`` true if any step inside says so, the other
+    scalars from the chunk's first step, ``next_obs`` the observation after the chunk (the final one if the episode
+    ended inside it)."""
     a = _action_size(spec)
     f32, i64 = data["f32"], data["i64"]
+    if f32.ndim == 3:
+        return _split_chunk(spec, data)
     fields: dict[str, Any] = {k: f32[:, a + j] for j, k in enumerate(FLOAT_FIELDS)}
     fields.update({k: i64[:, j].astype(SCALAR_FIELDS[k]) for j, k in enumerate(INT_FIELDS)})
     return TransitionBatch(obs={k: v[:, 0] for k, v in data["obs"].items()},
                            next_obs={k: v[:, 1] for k, v in data["obs"].items()},
                            action=f32[:, :a].reshape(f32.shape[0], *spec.action.shape), **fields)
+
+
+def _split_chunk(spec: TransitionSpec, data: Mapping[str, Any]) -> TransitionBatch:
+    a = _action_size(spec)
+    f32, i64 = data["f32"], data["i64"]
+    b, h = f32.shape[:2]
+    ints = {k: i64[:, :, j] for j, k in enumerate(INT_FIELDS)}
+    ended = ints["terminated"].astype(bool) | ints["truncated"].astype(bool)
+    valid = np.ones((b, h), bool)
+    valid[:, 1:] = np.logical_not(np.cumsum(ended[:, :-1], axis=1) > 0)  # steps before the first end, and the end
+    reward = f32[:, :, a + FLOAT_FIELDS.index("reward")] * valid
+    terminated = (ints["terminated"].astype(bool) & valid).any(1)
+    fields: dict[str, Any] = {
+        "reward": reward.astype(np.float32), "discount": valid.astype(np.float32), "terminated": terminated,
+        "truncated": (ints["truncated"].astype(bool) & valid).any(1) & ~terminated,
+        "is_intervention": (ints["is_intervention"].astype(bool) & valid).any(1),
+        "mc_return": f32[:, 0, a + FLOAT_FIELDS.index("mc_return")]}
+    fields.update({k: ints[k][:, 0].astype(SCALAR_FIELDS[k]) for k in ("policy_version", "actor_id", "episode_id")})
+    return TransitionBatch(obs={k: v[:, 0] for k, v in data["obs"].items()},
+                           next_obs={k: v[:, h] for k, v in data["obs"].items()},
+                           action=f32[:, :, :a].reshape(b, h, *spec.action.shape), **fields)
 
 
 def make_dataset(address: str, batch_size: int, table: str = ONLINE_TABLE, in_flight: int | None = None,
