@@ -37,7 +37,8 @@ from fleetrl.types import TransitionSpec
 class DiscardSink:
     """Episode sink that drops every episode (the loop without replay)."""
 
-    def write_episode(self, rows: Any, padding_row: Any, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    def write_episode(self, rows: Any, padding_row: Any, should_stop: Callable[[], bool] = lambda: False,
+                      success: bool = False) -> bool:
         return True
 
 

@@ -47,7 +47,8 @@ ACTOR_CPUS = 0.25
 
 
 class DiscardSink:
-    def write_episode(self, rows: Any, padding_row: Any, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    def write_episode(self, rows: Any, padding_row: Any, should_stop: Callable[[], bool] = lambda: False,
+                      success: bool = False) -> bool:
         return True
 
 

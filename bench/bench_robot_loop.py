@@ -363,7 +363,7 @@ class AcceptSink:
         self.episodes = 0
 
     def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
-                      should_stop: Callable[[], bool] | None = None) -> bool:
+                      should_stop: Callable[[], bool] | None = None, success: bool = False) -> bool:
         self.episodes += 1
         return True
 

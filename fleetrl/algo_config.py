@@ -198,6 +198,10 @@ class OGPOConfig:
     """Flow-matching loss on transitions of successful episodes (the ``success`` replay table)."""
     success_bc_coef: float = Field(1.0, ge=0)
     """Weight of the success-buffer BC loss (OGPO: 1.0)."""
+    success_batch_size: int = Field(256, ge=1)
+    """Chunks per success-BC batch (sampled from table ``success`` while it holds any)."""
+    success_capacity: int = Field(200_000, ge=1)
+    """Chunks table ``success`` keeps (the oldest are evicted beyond it)."""
     chi2: bool = False
     """Chi-squared regulariser: penalise ``(pi_theta / pi_ref - 1)**2`` on the sampled chains, ``pi_ref`` a slow EMA."""
     chi2_coef: float = Field(0.1, ge=0)

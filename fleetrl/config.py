@@ -128,11 +128,15 @@ class ReplayConfig:
 class LearnerConfig:
     """The learner process."""
 
-    algorithm: Literal["sac", "cql", "calql"] = "sac"
-    """``sac``: RLPD-style SAC (section ``sac``); ``cql`` and ``calql``: section ``cql``."""
+    algorithm: Literal["sac", "cql", "calql", "ogpo", "flow-bc"] = "sac"
+    """``sac``: RLPD-style SAC (section ``sac``); ``cql`` and ``calql``: section ``cql``; ``ogpo``: a flow policy
+    fine-tuned with OGPO (sections ``flow`` and ``ogpo``); ``flow-bc``: behaviour cloning of the flow policy
+    (``fleetrl pretrain``; section ``flow``)."""
     batch_size: int = Field(256, ge=1)
     sac: SACConfig = Field(default_factory=SACConfig)
     cql: CQLConfig = Field(default_factory=CQLConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    ogpo: OGPOConfig = Field(default_factory=OGPOConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     publish_every: int = Field(10, ge=1)
@@ -150,9 +154,20 @@ class LearnerConfig:
     weights, so actors normalise exactly as the learner does. Needs ``offline.datasets`` (or ``--init-from`` a
     learner that has the statistics)."""
 
-    def algo(self) -> SACConfig:
-        """The hyperparameters of the chosen algorithm (``sac`` or ``cql``; gamma, networks, learning rates)."""
+    def algo(self) -> SACConfig | OGPOConfig:
+        """The hyperparameters of the chosen algorithm (gamma, networks, learning rates); flow BC uses OGPO's gamma
+        (the returns its data are stored with, for the fine-tuning that follows)."""
+        if self.algorithm in ("ogpo", "flow-bc"):
+            return self.ogpo
         return self.sac if self.algorithm == "sac" else self.cql
+
+    def horizon(self) -> int:
+        """Env steps per replay item: the flow policy's chunk length for ``ogpo`` / ``flow-bc``, else 1."""
+        return self.flow.horizon if self.algorithm in ("ogpo", "flow-bc") else 1
+
+    def success_table(self) -> bool:
+        """Whether the replay keeps table ``success`` (OGPO's success-buffer BC)."""
+        return self.algorithm == "ogpo" and self.ogpo.success_bc
 
 
 @dataclass(frozen=True, config=_STRICT)

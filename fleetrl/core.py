@@ -56,6 +56,20 @@ class Policy(Protocol):
 
 
 @runtime_checkable
+class StatefulPolicy(Policy, Protocol):
+    """A policy that keeps state between steps (a flow policy's action chunk in hand). ``reset`` drops it; the env
+    loop calls it at every episode start and after a step a person chose, so the policy plans afresh."""
+
+    def reset(self) -> None: ...
+
+
+def reset_policy(policy: Policy | None) -> None:
+    """``policy.reset()`` for a :class:`StatefulPolicy`; nothing for a stateless one."""
+    if isinstance(policy, StatefulPolicy):
+        policy.reset()
+
+
+@runtime_checkable
 class VariableSource(Protocol):
     """What an actor reads its policy from: the newest ``(version, policy)``, ``(-1, None)`` before any weights.
 

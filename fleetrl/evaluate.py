@@ -10,6 +10,7 @@ import numpy as np
 
 from fleetrl.checkpoint import load_checkpoint
 from fleetrl.config import config_from_dict
+from fleetrl.core import reset_policy
 from fleetrl.envs.gym_adapter import make_env
 from fleetrl.types import TransitionSpec
 
@@ -34,6 +35,7 @@ def evaluate(checkpoint: str | os.PathLike, episodes: int = 10, seed: int = 1234
     try:
         for ep in range(episodes):
             obs, info = env.reset(seed=seed + ep)
+            reset_policy(policy)
             done, ret, n = False, 0.0, 0
             while not done:
                 if video is not None and ep == 0:

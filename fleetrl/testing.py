@@ -113,14 +113,17 @@ class TrainingThread:
 
 
 class ListSink:
-    """An episode sink that keeps every episode in memory: ``episodes`` holds ``(rows, padding_row)`` pairs."""
+    """An episode sink that keeps every episode in memory: ``episodes`` holds ``(rows, padding_row)`` pairs,
+    ``successes`` whether each succeeded."""
 
     def __init__(self) -> None:
         self.episodes: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
+        self.successes: list[bool] = []
 
     def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
-                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+                      should_stop: Callable[[], bool] = lambda: False, success: bool = False) -> bool:
         self.episodes.append((rows, padding_row))
+        self.successes.append(success)
         return True
 
 

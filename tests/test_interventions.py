@@ -109,7 +109,7 @@ class Rows:
     def __init__(self):
         self.episodes = []
 
-    def write_episode(self, rows, padding_row, should_stop=lambda: False):
+    def write_episode(self, rows, padding_row, should_stop=lambda: False, success=False):
         self.episodes.append(rows)
         return True
 

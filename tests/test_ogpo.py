@@ -268,3 +268,82 @@ def test_flow_and_ogpo_configs_validate_with_the_key_named(tmp_path):
     with pytest.raises(Exception, match="clip"):
         OGPOConfig(clip=0.0)
     assert load_config(None).learner is not None
+
+
+def test_flow_bc_state_initialises_ogpo_policy_and_leaves_its_critic_fresh():
+    from fleetrl.learners.flow_bc import FlowBC
+
+    bc = FlowBC(SPEC, SMALL_FLOW, seed=3)
+    for _ in range(3):
+        bc.update(chunk_batch())
+    algo = OGPO(SPEC, dataclasses.replace(SMALL_OGPO, chi2=True), SMALL_FLOW, seed=0)
+    critic_before = [p.clone() for p in algo.critic.parameters()]
+    algo.load_state_dict(bc.state_dict())
+    for actor in (algo.actor, algo.old_actor, algo.ref_actor):
+        assert all(torch.equal(a, b) for a, b in zip(actor.parameters(), bc.actor.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(algo.critic.parameters(), critic_before, strict=True))
+    assert algo.policy_weights().keys() == bc.policy_weights().keys()
+    with pytest.raises(ValueError, match="flow-bc"):
+        bc.load_state_dict(algo.state_dict())
+
+
+def test_flow_bc_leaves_padding_past_the_episode_end_out_of_the_loss():
+    torch.manual_seed(0)
+    vel = FlowVelocity(3, 4, (16,), 4)
+    obs, chunk = torch.randn(8, 3), torch.rand(8, 2, 2)
+    mask = torch.tensor([[1.0, 1.0]] * 4 + [[1.0, 0.0]] * 4)  # the last 4 chunks run past their episode's end
+    masked, _ = flow_matching_loss(vel, obs, chunk, torch.Generator().manual_seed(1), mask)
+    # The same draws by hand: the error on the padded step's two action dims is left out of the mean.
+    g = torch.Generator().manual_seed(1)
+    x1 = chunk.reshape(8, 4)
+    x0, t = torch.randn(x1.shape, generator=g), torch.rand(8, generator=g)
+    err = (vel(obs, t[:, None] * x1 + (1 - t[:, None]) * x0, t) - (x1 - x0)).square()
+    keep = torch.ones(8, 4)
+    keep[4:, 2:] = 0
+    assert masked.item() == pytest.approx(((err * keep).sum() / keep.sum()).item(), rel=1e-6)
+    assert masked.item() != pytest.approx(err.mean().item(), rel=1e-3)
+
+
+def test_obs_normalisation_reaches_the_shipped_policy():
+    algo = OGPO(SPEC, SMALL_OGPO, SMALL_FLOW, seed=0)
+    algo.set_obs_normalization(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]))
+    weights = algo.policy_weights()
+    assert weights["obs_mean"].tolist() == [1.0, 2.0, 3.0] and weights["obs_std"].tolist() == [2.0, 2.0, 2.0]
+    assert algo.old_actor.obs_mean.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="shape"):
+        algo.set_obs_normalization(np.zeros(2), np.ones(2))
+
+
+def test_copies_of_the_chunk_policy_start_without_a_chunk_and_share_the_noise_stream():
+    import copy
+
+    policy = FlowChunkPolicy(SPEC, SMALL_FLOW, seed=0)
+    obs = {"state": np.zeros(3, np.float32)}
+    policy.act(obs)
+    clone = copy.deepcopy(policy)
+    assert clone._queue == [] and len(policy._queue) == 1
+    assert clone._generator is policy._generator
+
+
+def test_the_image_variant_trains_its_encoders_and_ships_the_actor_encoder():
+    from fleetrl.config import EncoderConfig
+
+    spec = TransitionSpec(obs={"state": ArraySpec((3,), F32), "image": ArraySpec((16, 16, 3), np.dtype(np.uint8))},
+                          action=ArraySpec((2,), F32))
+    enc = EncoderConfig(channels=(8, 16), groups=4, spatial_blocks=2, out_dim=8, shift_pad=2)
+    algo = OGPO(spec, SMALL_OGPO, SMALL_FLOW, seed=0, encoder=enc)
+    batch = chunk_batch()
+    g = torch.Generator().manual_seed(0)
+    batch.obs["image"] = torch.randint(0, 255, (6, 16, 16, 3), generator=g, dtype=torch.uint8)
+    batch.next_obs["image"] = torch.randint(0, 255, (6, 16, 16, 3), generator=g, dtype=torch.uint8)
+    actor_enc = [p.clone() for p in algo.actor.encoder.parameters()]
+    critic_enc = [p.clone() for p in algo.critic_encoder.parameters()]
+    algo.update(batch, bc_batch=batch)
+    assert any(not torch.equal(a, b) for a, b in zip(algo.actor.encoder.parameters(), actor_enc, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(algo.critic_encoder.parameters(), critic_enc, strict=True))
+    weights = algo.policy_weights()
+    assert any(k.startswith("encoder.") for k in weights)
+    policy = FlowChunkPolicy(spec, SMALL_FLOW, enc, seed=0)
+    policy.load_weights(weights)
+    action = policy.act({"state": np.zeros(3, np.float32), "image": np.zeros((16, 16, 3), np.uint8)})
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)

@@ -10,6 +10,7 @@ import reverb
 from fleetrl.config import ReplayConfig
 from fleetrl.distributed.replay import (
     DEMOS_TABLE,
+    SUCCESS_TABLE,
     EpisodeWriter,
     item_signature,
     make_dataset,
@@ -27,7 +28,10 @@ def server(dict_spec):
     demos = reverb.Table(name=DEMOS_TABLE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
                          max_size=1000, rate_limiter=reverb.rate_limiters.MinSize(1),
                          signature=item_signature(dict_spec, H))
-    srv = reverb.Server([online_table(dict_spec, cfg, batch_size=8, horizon=H), demos])
+    success = reverb.Table(name=SUCCESS_TABLE, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+                           max_size=1000, rate_limiter=reverb.rate_limiters.MinSize(1),
+                           signature=item_signature(dict_spec, H))
+    srv = reverb.Server([online_table(dict_spec, cfg, batch_size=8, horizon=H), demos, success])
     yield srv
     srv.stop()
 
@@ -105,3 +109,17 @@ def test_horizon_one_keeps_the_transition_layout(dict_spec):
     assert sig["obs"]["state"].shape.as_list() == [2, 3] and chunk["obs"]["state"].shape.as_list() == [5, 3]
     with pytest.raises(ValueError, match="horizon"):
         item_signature(dict_spec, 0)
+
+
+def test_every_chunk_of_a_successful_episode_also_goes_to_the_success_table(dict_spec, server):
+    rng = np.random.default_rng(2)
+    address = f"localhost:{server.port}"
+    client = reverb.Client(address)
+    writer = EpisodeWriter(client, dict_spec, horizon=H, success_table=SUCCESS_TABLE)
+    for ep, (length, success) in enumerate([(5, True), (4, False), (3, True)]):
+        rows, pad, _ = _episode(dict_spec, 200 + ep, length, version=0, terminated=success, rng=rng)
+        assert writer.write_episode(rows, pad, success=success)
+    assert writer.flush()
+    assert client.server_info()[SUCCESS_TABLE].current_size == 5 + 3 == writer.success_items_created
+    items = _sample_all(address, dict_spec, SUCCESS_TABLE, 8)
+    assert sorted({int(it["episode_id"]) for it in items}) == [200, 202]

@@ -26,7 +26,7 @@ class BlockingSink(ListSink):
         self.release = threading.Event()
         self.abandoned = 0
 
-    def write_episode(self, rows, padding_row, should_stop=lambda: False):
+    def write_episode(self, rows, padding_row, should_stop=lambda: False, success=False):
         while not self.release.wait(0.01):
             if should_stop():
                 self.abandoned += 1
@@ -87,7 +87,7 @@ def test_a_failing_write_is_counted_and_the_thread_goes_on():
             super().__init__()
             self.calls = 0
 
-        def write_episode(self, rows, padding_row, should_stop=lambda: False):
+        def write_episode(self, rows, padding_row, should_stop=lambda: False, success=False):
             self.calls += 1
             if self.calls == 1:
                 raise RuntimeError("replay gone")

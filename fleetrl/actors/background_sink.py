@@ -38,11 +38,11 @@ class BackgroundSink:
         self._thread.start()
 
     def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
-                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+                      should_stop: Callable[[], bool] = lambda: False, success: bool = False) -> bool:
         """Queue the episode; True once queued (whether it reached replay is counted in ``written``/``failed``)."""
         with self._lock:
             self.pending += 1
-        self._queue.put((rows, padding_row))
+        self._queue.put((rows, padding_row, success))
         return True
 
     def _run(self) -> None:
@@ -50,10 +50,10 @@ class BackgroundSink:
             item = self._queue.get()
             if item is None:
                 return
-            rows, padding = item
+            rows, padding, success = item
             try:
                 ok = False if self._abandon.is_set() else self._sink.write_episode(rows, padding,
-                                                                                   self._abandon.is_set)
+                                                                                   self._abandon.is_set, success)
             except Exception:  # noqa: BLE001 - one failed episode must not end the robot's data stream
                 log.exception("writing an episode failed; it is dropped")
                 ok = False

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fleetrl.actors.intervention import HumanInput
-from fleetrl.core import EpisodeAborted, Policy
+from fleetrl.core import EpisodeAborted, Policy, reset_policy
 from fleetrl.types import TransitionSpec, monte_carlo_returns
 
 
@@ -22,7 +22,7 @@ class EpisodeSink(Protocol):
     """Where finished episodes go (the Reverb writer in a real run)."""
 
     def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
-                      should_stop: Callable[[], bool] = ...) -> bool: ...
+                      should_stop: Callable[[], bool] = ..., success: bool = ...) -> bool: ...
 
 
 PolicyProvider = Callable[[], "tuple[int, Policy | None]"]
@@ -90,6 +90,9 @@ class EnvLoop:
         """The version acting now: the episode's (robots) or the newest (sim actors); -1 before any weights."""
         return (self._episode_policy if self._swap_between_episodes else self._policy())[0]
 
+    def _policy_in_use(self) -> Policy | None:
+        return (self._episode_policy if self._swap_between_episodes else self._policy())[1]
+
     def _choose(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
         version, policy = self._episode_policy if self._swap_between_episodes else self._policy()
         if policy is None or self.total_steps < self._random_steps:
@@ -118,6 +121,7 @@ class EnvLoop:
             obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
             if self._human is not None:
                 self._human.begin_episode()
+            reset_policy(self._policy_in_use())  # a chunk policy starts the episode with a fresh chunk
             while not (terminated or truncated):
                 if should_stop():
                     return None
@@ -126,6 +130,7 @@ class EnvLoop:
                 human, by_person = self._human.poll(obs) if self._human is not None else (None, False)
                 if human is not None:  # the person's (or a safety hold's) action replaces the policy's
                     action, version = human, self.policy_version_in_use
+                    reset_policy(self._policy_in_use())  # once the person lets go, the policy plans from here
                 else:
                     action, version = self._choose(obs)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
@@ -152,9 +157,10 @@ class EnvLoop:
         for row, g in zip(rows, returns, strict=True):
             row["mc_return"] = np.float32(g)
         padding = self.spec.padding_step(obs, self.actor_id, episode_id)
-        written = self._sink.write_episode(rows, padding, should_stop)
+        success = bool(info.get("success", False))
+        written = self._sink.write_episode(rows, padding, should_stop, success=success)
         self.episodes += 1
         return EpisodeStats(episode_id=episode_id, length=len(rows), ret=float(np.sum(rewards)),
-                            success=bool(info.get("success", False)), terminated=terminated, written=written,
+                            success=success, terminated=terminated, written=written,
                             policy_versions=(min(versions), max(versions)), seconds=time.perf_counter() - t0,
                             interventions=int(sum(bool(r["is_intervention"]) for r in rows)))

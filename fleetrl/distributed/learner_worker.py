@@ -87,19 +87,24 @@ class LearnerWorker:
         self.publish()
         link = ReplayLink(self._replay)
         probe = StallProbe(link, cfg.recovery.probe_after_s)
-        source = self._source(link.address)
+        source, bc_source = self._source(link.address), self._bc_source(link.address)
         try:
             while not self._stop.is_set():
                 batch = source.next(timeout_s=0.5)
                 if batch is None:
                     if probe.waited():
                         source.close(timeout_s=0.1)  # its sampler thread may stay blocked on the dead server
+                        if bc_source is not None:
+                            bc_source.close(timeout_s=0.1)
                         if not link.reconnect(self._stop.is_set):
                             break
-                        source = self._source(link.address)
+                        source, bc_source = self._source(link.address), self._bc_source(link.address)
                     continue
                 probe.reset()
-                metrics = self.algo.update(batch)
+                if bc_source is None:
+                    metrics = self.algo.update(batch)
+                else:  # OGPO's success BC: a batch from `success` when it holds any (never waits for one)
+                    metrics = self.algo.update(batch, bc_source.next(timeout_s=0.0))
                 with self._lock:
                     self.learner_steps += 1
                     self._metrics = metrics
@@ -111,6 +116,8 @@ class LearnerWorker:
                     self._try_checkpoint()
         finally:
             source.close()
+            if bc_source is not None:
+                bc_source.close(timeout_s=0.1)
         self.checkpoint()
         return self.stats()
 
@@ -118,6 +125,15 @@ class LearnerWorker:
         from fleetrl.distributed.replay import make_batch_source
 
         return make_batch_source(address, self.spec, self.cfg, self.device)
+
+    def _bc_source(self, address: str) -> Any:
+        """Chunks of successful episodes (table ``success``) for OGPO's success BC; None when it is off."""
+        from fleetrl.distributed.replay import SUCCESS_TABLE, BatchSource
+
+        if not self.cfg.learner.success_table():
+            return None
+        return BatchSource(address, self.spec, self.cfg.learner.ogpo.success_batch_size, self.device,
+                           self.cfg.learner.prefetch_batches, table=SUCCESS_TABLE)
 
     def _try_checkpoint(self) -> None:
         """A periodic checkpoint; skipped (and retried at the next one) while the replay server is restarting."""

@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 OFFLINE_TABLE = "offline"
 
 
-def offline_table(spec: TransitionSpec, capacity: int, name: str = OFFLINE_TABLE) -> reverb.Table:
-    """Table ``offline`` (or ``demos``): uniform sampling, sampleable once it holds one item, no ratio limiter;
-    ``offline`` is never filled beyond its capacity, ``demos`` evicts its oldest beyond it."""
+def offline_table(spec: TransitionSpec, capacity: int, name: str = OFFLINE_TABLE, horizon: int = 1) -> reverb.Table:
+    """Table ``offline`` (or ``demos``, ``success``): uniform sampling, sampleable once it holds one item, no ratio
+    limiter; ``offline`` is never filled beyond its capacity, the others evict their oldest beyond it. Items are
+    transitions, or chunks of ``horizon`` steps."""
     return reverb.Table(
         name=name, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
-        max_size=capacity, rate_limiter=reverb.rate_limiters.MinSize(1), signature=item_signature(spec))
+        max_size=capacity, rate_limiter=reverb.rate_limiters.MinSize(1), signature=item_signature(spec, horizon))
 
 
 def table_size(client: reverb.Client, table: str = OFFLINE_TABLE) -> int:
@@ -63,7 +64,8 @@ class _StateStats:
 
 
 def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence[DatasetConfig], capacity: int,
-                 returns_fn: Callable[[np.ndarray, bool], np.ndarray], table: str = OFFLINE_TABLE) -> dict[str, Any]:
+                 returns_fn: Callable[[np.ndarray, bool], np.ndarray], table: str = OFFLINE_TABLE,
+                 horizon: int = 1) -> dict[str, Any]:
     """Insert every episode of ``datasets`` into ``table`` (``offline``, or ``demos`` for its seeds); returns counts
     per dataset. Errors name the config section of the same name (``offline.datasets``, ``demos.capacity``).
 
@@ -72,7 +74,7 @@ def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence
     transitions than ``capacity`` raise too, before the episode that would overflow is written.
     """
     t0 = time.monotonic()
-    writer = EpisodeWriter(client, spec, table=table)
+    writer = EpisodeWriter(client, spec, table=table, horizon=horizon)
     stats = _StateStats(spec)
     total = episodes = 0
     per_dataset = []

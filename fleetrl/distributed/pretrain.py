@@ -43,14 +43,14 @@ def pretrain(plan: RunPlan, stop: Any = None) -> dict[str, Any]:
     limit_tf_threads(1)
     device = torch.device("cuda" if cfg.learner.device != "cpu" and torch.cuda.is_available() else "cpu")
     spec = transition_spec(cfg.env)
-    server = reverb.Server(tables=[offline_table(spec, cfg.offline.capacity)])
+    server = reverb.Server(tables=[offline_table(spec, cfg.offline.capacity, horizon=cfg.learner.horizon())])
     address = f"localhost:{server.port}"
     # Progress goes to stderr: stdout carries only the JSON summary (`fleetrl pretrain | jq`, scripts).
     sink = MetricsSink(run_dir, cfg.logging, config_to_dict(cfg), run_name=run_dir.name, console=Console(stderr=True))
     source = None
     try:
         loaded = load_offline(reverb.Client(address), spec, cfg.offline.datasets, cfg.offline.capacity,
-                              returns_fn(cfg.learner))
+                              returns_fn(cfg.learner), horizon=cfg.learner.horizon())
         log.warning("offline table: %d transitions from %d episodes", loaded["transitions"], loaded["episodes"])
         algo = build_algorithm(spec, cfg.learner, device)
         if cfg.learner.normalize_obs and loaded["obs_stats"] is not None:

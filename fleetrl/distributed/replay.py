@@ -35,6 +35,7 @@ from fleetrl.types import SCALAR_FIELDS, ArraySpec, TransitionBatch, TransitionS
 
 ONLINE_TABLE = "online"
 DEMOS_TABLE = "demos"
+SUCCESS_TABLE = "success"
 #: The writer waits whenever more than this many items are unconfirmed, checking every this many items, so at most
 #: twice as many are ever in flight (Reverb itself warns above about 50).
 MAX_PENDING_ITEMS = 16
@@ -119,15 +120,16 @@ class EpisodeWriter:
 
     Items are created only once an episode is complete (its Monte-Carlo returns are known then), so an actor that
     dies mid-episode stores nothing of that episode. With ``demo_table``, every transition a person chose
-    (``is_intervention``) gets a second item there over the same stored steps (no data is copied).
+    (``is_intervention``) gets a second item there over the same stored steps (no data is copied); with
+    ``success_table``, every transition of a successful episode does (OGPO's success-buffer BC).
     """
 
     def __init__(self, client: reverb.Client, spec: TransitionSpec, table: str = ONLINE_TABLE,
                  flush_timeout_ms: int = 1000, server_gone: Callable[[], bool] | None = None,
-                 demo_table: str | None = None, horizon: int = 1):
+                 demo_table: str | None = None, horizon: int = 1, success_table: str | None = None):
         self._writer = client.trajectory_writer(num_keep_alive_refs=horizon + 1)
         self._spec, self._table, self._demo_table = spec, table, demo_table
-        self._horizon = horizon
+        self._horizon, self._success_table = horizon, success_table
         self._flush_timeout_ms = flush_timeout_ms
         # Asked after every flush that timed out: True means the server no longer answers (a dead server and a
         # blocking rate limiter look alike to the writer). The write is abandoned then and ``broken`` set.
@@ -135,15 +137,17 @@ class EpisodeWriter:
         self.broken = False
         self.items_created = 0
         self.demo_items_created = 0
+        self.success_items_created = 0
 
     def write_episode(self, rows: Sequence[Mapping[str, Any]], padding_row: Mapping[str, Any],
-                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+                      should_stop: Callable[[], bool] = lambda: False, success: bool = False) -> bool:
         """Append ``rows`` plus the padding row and create one item per transition.
 
         Returns once at most ``MAX_PENDING_ITEMS`` items are unconfirmed (the rate limiter's back-pressure reaches the
         actor here, and the next episode's items pipeline behind this one's). Returns False if ``should_stop``
         became true while the rate limiter held items back: the rest of the episode is then not inserted. Every
-        item that is inserted is a whole transition with its final ``mc_return``.
+        item that is inserted is a whole transition with its final ``mc_return``. ``success``: the episode
+        succeeded; its items go to ``success_table`` too, if there is one.
         """
         if self.broken:
             return False
@@ -152,7 +156,7 @@ class EpisodeWriter:
             writer.append(step)
             if i >= h:  # the window of row i - h is complete; never a window across two episodes
                 demo = self._demo_table is not None and any(bool(r["is_intervention"]) for r in rows[i - h:i])
-                self._create_item(demo=demo)
+                self._create_item(demo=demo, success=success and self._success_table is not None)
             # Bound the unconfirmed items: memory on both sides stays small while the limiter blocks inserts.
             if i % MAX_PENDING_ITEMS == MAX_PENDING_ITEMS - 1 and not self._flush(MAX_PENDING_ITEMS, should_stop):
                 return False
@@ -179,7 +183,7 @@ class EpisodeWriter:
                 if should_stop():
                     return False
 
-    def _create_item(self, demo: bool = False) -> None:
+    def _create_item(self, demo: bool = False, success: bool = False) -> None:
         hist, h = self._writer.history, self._horizon
         if h == 1:
             trajectory = {"obs": {k: col[-2:] for k, col in hist["obs"].items()},
@@ -192,6 +196,9 @@ class EpisodeWriter:
         if demo:
             self._writer.create_item(self._demo_table, priority=1.0, trajectory=trajectory)
             self.demo_items_created += 1
+        if success:
+            self._writer.create_item(self._success_table, priority=1.0, trajectory=trajectory)
+            self.success_items_created += 1
 
     def close(self, timeout_ms: int = 2000) -> None:
         """Send what is pending (waiting at most ``timeout_ms``; not at all once ``broken``), then close."""

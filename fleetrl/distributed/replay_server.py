@@ -61,7 +61,13 @@ class ReplayServer:
         import reverb
 
         from fleetrl.distributed.offline import OFFLINE_TABLE, load_offline, offline_table, table_size
-        from fleetrl.distributed.replay import DEMOS_TABLE, ONLINE_TABLE, inserts_completed, online_table
+        from fleetrl.distributed.replay import (
+            DEMOS_TABLE,
+            ONLINE_TABLE,
+            SUCCESS_TABLE,
+            inserts_completed,
+            online_table,
+        )
         from fleetrl.learners.builder import returns_fn
 
         self._dir = pathlib.Path(checkpoint_dir)
@@ -71,13 +77,17 @@ class ReplayServer:
         self._table = ONLINE_TABLE
         self._inserts_completed = inserts_completed
         has_offline, has_demos = bool(cfg.offline.datasets), cfg.demos.ratio > 0
-        self._tables = [ONLINE_TABLE, *([OFFLINE_TABLE] if has_offline else []), *([DEMOS_TABLE] if has_demos else [])]
+        has_success, h = cfg.learner.success_table(), cfg.learner.horizon()
+        self._tables = [ONLINE_TABLE, *([OFFLINE_TABLE] if has_offline else []), *([DEMOS_TABLE] if has_demos else []),
+                        *([SUCCESS_TABLE] if has_success else [])]
         # The ratio limiter counts online samples only: each update draws the online share of a batch from it.
-        tables = [online_table(spec, cfg.replay, batch_rows(cfg)["online"])]
+        tables = [online_table(spec, cfg.replay, batch_rows(cfg)["online"], h)]
         if has_offline:
-            tables.append(offline_table(spec, cfg.offline.capacity))
+            tables.append(offline_table(spec, cfg.offline.capacity, horizon=h))
         if has_demos:
-            tables.append(offline_table(spec, cfg.demos.capacity, name=DEMOS_TABLE))
+            tables.append(offline_table(spec, cfg.demos.capacity, name=DEMOS_TABLE, horizon=h))
+        if has_success:
+            tables.append(offline_table(spec, cfg.learner.ogpo.success_capacity, name=SUCCESS_TABLE, horizon=h))
         record = self._read_record()
         self._server = reverb.Server(tables=tables, port=cfg.replay.port or None,
                                      checkpointer=reverb.checkpointers.DefaultCheckpointer(path=str(self._dir)))
@@ -99,13 +109,14 @@ class ReplayServer:
             if has_offline:
                 restored = table_size(self._client, OFFLINE_TABLE)
                 self.offline = {"transitions": restored, "restored": True} if restored else load_offline(
-                    self._client, spec, cfg.offline.datasets, cfg.offline.capacity, returns_fn(cfg.learner))
+                    self._client, spec, cfg.offline.datasets, cfg.offline.capacity, returns_fn(cfg.learner),
+                    horizon=h)
             if has_demos:  # seeds, unless the restored table has them (and whatever people did since)
                 restored = table_size(self._client, DEMOS_TABLE)
                 seeded = bool(restored) or not cfg.demos.datasets
                 self.demos = {"transitions": restored, "restored": bool(restored)} if seeded else load_offline(
                     self._client, spec, cfg.demos.datasets, cfg.demos.capacity, returns_fn(cfg.learner),
-                    table=DEMOS_TABLE)
+                    table=DEMOS_TABLE, horizon=h)
         except DatasetError as exc:  # raised to the driver by address(), as a DatasetError
             self._load_error = exc
         self._ready_at = time.time()

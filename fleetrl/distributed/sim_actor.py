@@ -59,6 +59,7 @@ class SimActor:
         seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation + 10_000_000 * incarnation
         self._spec, self.robot = spec, robot
         self._demos = cfg.demos.ratio > 0
+        self._horizon, self._success = cfg.learner.horizon(), cfg.learner.success_table()
         self._link = ReplayLink(replay)
         self._probe = StallProbe(self._link, cfg.recovery.probe_after_s)
         self._writer = self._new_writer()
@@ -97,10 +98,11 @@ class SimActor:
     def _new_writer(self) -> Any:
         import reverb
 
-        from fleetrl.distributed.replay import DEMOS_TABLE, EpisodeWriter
+        from fleetrl.distributed.replay import DEMOS_TABLE, SUCCESS_TABLE, EpisodeWriter
 
         return EpisodeWriter(reverb.Client(self._link.address), self._spec, server_gone=self._probe.waited,
-                             demo_table=DEMOS_TABLE if self._demos else None)
+                             demo_table=DEMOS_TABLE if self._demos else None, horizon=self._horizon,
+                             success_table=SUCCESS_TABLE if self._success else None)
 
     def _open_teleop(self, cfg: TrainConfig, env: Any, token: str | None) -> tuple[Any, Any]:
         """A person may take this actor over through its teleop endpoint (HIL-SERL); None, None when off."""
@@ -130,9 +132,10 @@ class SimActor:
         self._writer = self._new_writer()
         return True
 
-    def _write(self, rows: list[dict[str, Any]], padding: dict[str, Any], should_stop: Callable[[], bool]) -> bool:
+    def _write(self, rows: list[dict[str, Any]], padding: dict[str, Any], should_stop: Callable[[], bool],
+               success: bool = False) -> bool:
         """Write one finished episode through the current writer; count it; reconnect if the replay went away."""
-        ok = self._writer.write_episode(rows, padding, should_stop)
+        ok = self._writer.write_episode(rows, padding, should_stop, success=success)
         with self._lock:
             if ok:
                 self._steps_written += len(rows)
@@ -293,5 +296,5 @@ class _ReplaySink:
         self._actor = actor
 
     def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
-                      should_stop: Callable[[], bool] = lambda: False) -> bool:
-        return self._actor._write(rows, padding_row, should_stop)
+                      should_stop: Callable[[], bool] = lambda: False, success: bool = False) -> bool:
+        return self._actor._write(rows, padding_row, should_stop, success)

@@ -43,15 +43,22 @@ class FlowVelocity(nn.Module):
 
 
 def flow_matching_loss(velocity: FlowVelocity, obs_feat: Tensor, chunk: Tensor,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                       generator: torch.Generator | None = None,
+                       step_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Flow BC: ``|v(s, x_t, t) - (x_1 - x_0)|²`` averaged over batch and dimensions, ``t ~ U[0, 1]``.
 
-    ``chunk [B, H, A]`` or ``[B, D]`` are the data chunks ``x_1``."""
+    ``chunk [B, H, A]`` or ``[B, D]`` are the data chunks ``x_1``. ``step_mask [B, H]`` (a chunk batch's
+    ``discount``) leaves out the padding past an episode's end: those actions are never executed."""
     x1 = chunk.reshape(chunk.shape[0], -1).to(obs_feat.dtype)
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
     t = torch.rand(x1.shape[0], generator=generator, device=x1.device, dtype=x1.dtype)
     xt = t.unsqueeze(-1) * x1 + (1.0 - t.unsqueeze(-1)) * x0
-    loss = (velocity(obs_feat, xt, t) - (x1 - x0)).square().mean()
+    err = (velocity(obs_feat, xt, t) - (x1 - x0)).square()
+    if step_mask is None:
+        loss = err.mean()
+    else:
+        weight = step_mask.to(err.dtype).repeat_interleave(x1.shape[1] // step_mask.shape[1], dim=1)
+        loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
     return loss, {"flow_bc_loss": loss.detach()}
 
 

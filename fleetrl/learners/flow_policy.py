@@ -7,6 +7,7 @@ env step at a time; a new chunk is sampled when the last one is used up or the e
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 
@@ -67,6 +68,16 @@ class FlowChunkPolicy:
         self.actor = FlowActor(spec, cfg, encoder).eval().requires_grad_(False)
         self._generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self._queue: list[np.ndarray] = []
+
+    def __deepcopy__(self, memo: dict) -> FlowChunkPolicy:
+        """Copies share the noise generator (the weight subscriber copies its template for every new version, and
+        the noise stream should continue, not restart) and start with no chunk in hand."""
+        memo[id(self._generator)] = self._generator
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, [] if key == "_queue" else copy.deepcopy(value, memo))
+        return new
 
     def reset(self) -> None:
         """Drop the rest of the current chunk (a new episode, or a person took over)."""

@@ -28,12 +28,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fleetrl.config import EncoderConfig, FlowConfig, OGPOConfig, RewardConfig
 from fleetrl.core import Weights
 from fleetrl.learners.flow import chain_log_prob, euler_sample, flow_matching_loss, sample_chain
+from fleetrl.learners.flow_bc import set_actor_obs_normalization
 from fleetrl.learners.flow_policy import FlowActor, flow_actor_weights
 from fleetrl.learners.image_obs import build_image_encoder
 from fleetrl.learners.networks import CriticEnsemble, obs_vector
@@ -192,7 +194,8 @@ class OGPO:
             loss, metrics = loss + cfg.chi2_coef * chi2, {**metrics, **chi2_metrics}
         if cfg.success_bc and bc_batch is not None and bc_batch.action.shape[0] > 0:
             bc_feat = self.actor.features(bc_batch.obs, augment=True, generator=self.generator)
-            bc, bc_metrics = flow_matching_loss(self.actor.velocity, bc_feat, bc_batch.action, self.generator)
+            mask = bc_batch.discount if bc_batch.discount.dim() == 2 else None
+            bc, bc_metrics = flow_matching_loss(self.actor.velocity, bc_feat, bc_batch.action, self.generator, mask)
             loss, metrics = loss + cfg.success_bc_coef * bc, {**metrics, **bc_metrics}
         return loss, metrics
 
@@ -223,6 +226,12 @@ class OGPO:
 
     # ------------------------------------------------------------------------------------------------ policy / state
 
+    def set_obs_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise the state vector (actor, old and reference policies, critics) with these statistics."""
+        for actor in (self.actor, self.old_actor, self.ref_actor):
+            if actor is not None:
+                set_actor_obs_normalization(actor, mean, std)
+
     def policy_weights(self) -> Weights:
         """The shipped :class:`FlowChunkPolicy`'s weights (the current ``θ``), never the critics."""
         return flow_actor_weights(self.actor)
@@ -241,7 +250,15 @@ class OGPO:
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; later updates continue exactly on the same device."""
+        """Restore :meth:`state_dict`; later updates continue exactly on the same device.
+
+        A flow BC state (``fleetrl pretrain``, ``kind: flow-bc``) initialises the policy, the old policy and the
+        reference from the cloned policy and leaves the critics and optimisers fresh (``--init-from``)."""
+        if state.get("kind") == "flow-bc":
+            for actor in (self.actor, self.old_actor, self.ref_actor):
+                if actor is not None:
+                    actor.load_state_dict(state["actor"])
+            return
         state = copy.deepcopy(state)
         names = ("actor", "old_actor", "critic", "target_critic", "ref_actor", "critic_encoder",
                  "target_critic_encoder")

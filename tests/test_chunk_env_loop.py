@@ -1,0 +1,83 @@
+"""A chunked flow policy in the env loop (issue 8): chunks are executed in order, re-planned at every episode start
+and after a person acted, and the episode's success reaches the sink."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fleetrl.actors.env_loop import EnvLoop
+from fleetrl.config import EnvConfig
+from fleetrl.envs.gym_adapter import make_env, transition_spec
+from fleetrl.testing import ListSink
+
+
+class CountingChunkPolicy:
+    """A stateful policy: each chunk is ``[k, k, k]`` for chunk number k (action entry 0), plans counted."""
+
+    def __init__(self, action_dim: int, horizon: int = 3):
+        self.action_dim, self.horizon = action_dim, horizon
+        self.plans, self.queue = 0, []
+
+    def reset(self):
+        self.queue = []
+
+    def act(self, obs, deterministic=False):
+        if not self.queue:
+            self.plans += 1
+            self.queue = [np.full(self.action_dim, 0.01 * self.plans, np.float32)] * self.horizon
+        return self.queue.pop(0)
+
+    def load_weights(self, weights):
+        pass
+
+
+class PersonAtStep:
+    """Takes over for exactly one step (step ``at`` of every episode)."""
+
+    def __init__(self, at: int, action_dim: int):
+        self.at, self.t, self.action = at, 0, np.zeros(action_dim, np.float32)
+
+    def begin_episode(self):
+        self.t = 0
+
+    def poll(self, obs):
+        t, self.t = self.t, self.t + 1
+        return (self.action, True) if t == self.at else (None, False)
+
+    def applied(self):
+        pass
+
+    def rerecord(self):
+        return False
+
+
+def test_chunks_run_in_order_and_are_replanned_at_episode_start_and_after_a_person():
+    cfg = EnvConfig(id="fleetrl/WidowXReach-v0", max_episode_steps=8, success="info")
+    env = make_env(cfg)
+    spec = transition_spec(cfg)
+    policy = CountingChunkPolicy(int(spec.action.shape[0]))
+    sink = ListSink()
+    loop = EnvLoop(env, spec, lambda: (1, policy), sink, actor_id=0, gamma=0.99, seed=0,
+                   human=PersonAtStep(at=4, action_dim=int(spec.action.shape[0])))
+    stats = []
+    try:
+        for _ in range(2):
+            stats.append(loop.run_episode())
+    finally:
+        env.close()
+    checked = 0
+    for rows, _ in sink.episodes:
+        if len(rows) < 8:
+            continue  # an episode that reached the target early
+        checked += 1
+        first = [float(r["action"][0]) for r in rows]
+        person = [bool(r["is_intervention"]) for r in rows]
+        assert person == [t == 4 for t in range(8)]
+        # steps 0-2: one chunk; step 3: the next chunk's first action; step 4: the person; steps 5-7: a new chunk
+        # planned after the person let go (the rest of the interrupted chunk is dropped).
+        k = round(first[0] / 0.01)
+        assert [round(a / 0.01) for a in first[:4]] == [k, k, k, k + 1]
+        assert first[4] == 0.0
+        assert [round(a / 0.01) for a in first[5:]] == [k + 2] * 3
+    assert checked >= 1
+    assert sink.successes == [s.success for s in stats]  # the episode's outcome reaches the replay writer
