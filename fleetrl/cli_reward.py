@@ -1,8 +1,7 @@
 """``fleetrl reward``: train the success classifier that rewards real robots (HIL-SERL style, arXiv 2410.21845).
 
 Separate from :mod:`fleetrl.cli` so that the main CLI can mount it with ``app.add_typer(reward_app, name="reward")``
-without an import cycle; ``console`` and ``_fail`` therefore repeat the main CLI's (errors: ``error: ...`` on
-stderr, exit code 2).
+without an import cycle; errors go through :func:`fleetrl.cli_common.fail` like every command's.
 """
 
 from __future__ import annotations
@@ -11,18 +10,11 @@ import pathlib
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+from fleetrl.cli_common import console, fail
 
 reward_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Success-reward classifiers for real robots, trained from labelled camera frames.")
-console = Console(stderr=True)
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
-
 
 @reward_app.callback()
 def _reward() -> None:
@@ -62,7 +54,7 @@ def train(
                                min_precision=min_precision, threshold=threshold, seed=seed)
         images, labels = load_labelled_frames(frames, image_key=image_key, label_key=label_key)
     except ValueError as exc:  # DatasetError is a ValueError
-        _fail(str(exc))
+        fail(str(exc))
     n_pos = int(labels.sum())
     console.print(f"{len(labels)} frames {images.shape[1]}x{images.shape[2]}: {n_pos} success, "
                   f"{len(labels) - n_pos} failure", highlight=False)
@@ -73,12 +65,12 @@ def train(
     try:
         model, metrics = train_classifier(images, labels, cfg, progress=progress)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         save_classifier(out, model, {"threshold": metrics["threshold"], "metrics": metrics,
                                      "sources": [str(f) for f in frames]})
     except OSError as exc:
-        _fail(f"{out}: cannot write ({exc})")
+        fail(f"{out}: cannot write ({exc})")
     print(f"frames: {metrics['n_train']} train, {metrics['n_val']} validation; "
           f"{metrics['positives']} success, {metrics['negatives']} failure")
     print(f"validation: accuracy {metrics['val_accuracy']:.3f}  precision {metrics['val_precision']:.3f}  "
