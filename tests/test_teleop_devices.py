@@ -21,7 +21,8 @@ from fleetrl.teleop import (
     SpaceMouseDevice,
     open_device,
 )
-from fleetrl.teleop.devices import apply_deadzone, parse_spacemouse_report, spacemouse_to_action
+from fleetrl.teleop.devices import apply_deadzone
+from fleetrl.teleop.spacemouse import parse_spacemouse_report, spacemouse_to_action
 
 
 class FakeClock:

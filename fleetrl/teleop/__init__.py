@@ -10,10 +10,10 @@ from fleetrl.teleop.devices import (
     DeviceState,
     DeviceUnavailable,
     GamepadDevice,
-    SpaceMouseDevice,
     open_device,
 )
 from fleetrl.teleop.keyboard import KeyboardDevice
+from fleetrl.teleop.spacemouse import SpaceMouseDevice
 
 __all__ = ["Device", "DeviceState", "DeviceUnavailable", "GamepadDevice", "KeyboardDevice", "SpaceMouseDevice",
            "open_device"]
