@@ -158,7 +158,10 @@ class SimActor:
         if self.robot is not None:
             self._go_home()
         if wait_for_version is not None:
-            self._weights.wait_for_version(wait_for_version, 60.0)
+            deadline = time.monotonic() + 60.0
+            while not (self._stop.is_set() or self._weights.wait_for_version(wait_for_version, 0.5)
+                       or time.monotonic() > deadline):
+                pass
         self._started = time.monotonic()
         n = failures = 0
         while not (self._stop.is_set() or self._finish.is_set()) and (max_episodes is None or n < max_episodes):

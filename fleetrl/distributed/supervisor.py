@@ -165,7 +165,10 @@ class Fleet:
         handle = SimActor.options(**options).remote(
             actor_id, self.cfg, self.spec, self.replay, self.store, self.factory,
             self.plan.counters.get("generation", 0), resumed, slot.restarts, slot.robot, self.teleop_token)
-        slot.handle, slot.run_ref = handle, handle.run.remote()
+        # A resumed, --init-from or restarted actor has no random warm-up: its first step waits (up to 60 s) for the
+        # learner's weights instead of acting at random until they arrive (on a robot, too).
+        wait = 0 if resumed or slot.restarts else None
+        slot.handle, slot.run_ref = handle, handle.run.remote(wait_for_version=wait)
 
     # ---- watch ---------------------------------------------------------------------------------------------
     def slots(self) -> list[Slot]:
