@@ -60,7 +60,8 @@ class EnvLoop:
                  gamma: float, seed: int, random_steps: int = 0, generation: int = 0,
                  max_steps_per_s: float | None = None,
                  returns_fn: Callable[[np.ndarray, bool], np.ndarray] | None = None, first_episode_index: int = 0,
-                 swap_between_episodes: bool = False, human: HumanInput | None = None):
+                 swap_between_episodes: bool = False, human: HumanInput | None = None,
+                 after_step: Callable[[], None] | None = None):
         self.env, self.spec, self._policy, self._sink = env, spec, policy, sink
         self.actor_id, self.gamma, self.generation = actor_id, gamma, generation
         # mc_return of every transition, computed once the episode is over (Cal-QL's floor; the learner's reward
@@ -84,6 +85,9 @@ class EnvLoop:
         self._episode_policy: tuple[int, Policy | None] = (-1, None)
         # A person who may take over (HIL-SERL): their action is executed and stored, marked is_intervention.
         self._human = human
+        # Called in this thread after every step (the actor renders a frame for a watching console here: GL
+        # contexts belong to the thread that made them).
+        self._after_step = after_step
 
     @property
     def policy_version_in_use(self) -> int:
@@ -145,6 +149,8 @@ class EnvLoop:
                 obs = self.last_obs = next_obs
                 self.total_steps += 1
                 self.episode_steps += 1
+                if self._after_step is not None:
+                    self._after_step()
                 if self._human is not None and self._human.rerecord():
                     raise EpisodeAborted("the operator asked to re-record the episode")
         except EpisodeAborted as exc:  # nothing of it is stored: its returns and last transitions are unknown

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import ray
 
 from fleetrl.config import TrainConfig
@@ -23,6 +24,8 @@ from fleetrl.core import EpisodeAborted, Policy
 from fleetrl.types import TransitionSpec
 
 log = logging.getLogger(__name__)
+#: A console that asked for a frame this recently is watching; frames are rendered at most this often.
+RENDER_WATCH_S, RENDER_PERIOD_S = 2.0, 0.2
 
 
 @ray.remote(num_cpus=1, max_concurrency=4)
@@ -40,7 +43,6 @@ class SimActor:
         from fleetrl.actors.env_loop import EnvLoop
         from fleetrl.distributed.replay_link import ReplayLink, StallProbe
         from fleetrl.distributed.weights import WeightSubscriber
-        from fleetrl.envs.gym_adapter import make_env
         from fleetrl.learners.builder import returns_fn
 
         # One torch thread per actor process: several actors on a small machine otherwise oversubscribe the cores.
@@ -51,13 +53,17 @@ class SimActor:
 
             env, what = make_robot_env(robot, cfg.env), f"robots[{robot.name}] at {robot.server}"
         else:
-            env, what = make_env(cfg.env), f"env {cfg.env.id}"
+            env, what = _make_sim_env(cfg), f"env {cfg.env.id}"
         got = TransitionSpec.from_spaces(env.observation_space, env.action_space)
         if got != spec:
             raise ValueError(f"actor {actor_id}: {what} has transition spec {got}, the run expects {spec}")
         # A restarted actor (incarnation > 0) draws other episodes and numbers them after its predecessor's.
         seed = cfg.actors.seed + 1000 * actor_id + 100_000 * generation + 10_000_000 * incarnation
         self._spec, self.robot = spec, robot
+        # The console's view of an actor without a camera: frames rendered on request (see _render_if_watched).
+        self._can_render = robot is None and getattr(env, "render_mode", None) == "rgb_array"
+        self._frame_wanted_at = self._rendered_at = -1e9
+        self._rendered: Any = None
         self._demos = cfg.demos.ratio > 0
         self._horizon, self._success = cfg.learner.horizon(), cfg.learner.success_table()
         self._link = ReplayLink(replay)
@@ -84,7 +90,7 @@ class SimActor:
                              max_steps_per_s=robot.max_steps_per_s if robot else cfg.actors.max_steps_per_s,
                              returns_fn=returns_fn(cfg.learner), first_episode_index=incarnation << 20,
                              swap_between_episodes=bool(robot) and robot.swap_weights == "episode",
-                             human=human)
+                             human=human, after_step=self._render_if_watched)
         self._stop = threading.Event()
         self._finish = threading.Event()  # detach: end after the episode in progress
         self._abort = threading.Event()  # detach --now: end the episode in progress now (it is not stored)
@@ -246,9 +252,31 @@ class SimActor:
             }
 
     def _camera_frame(self) -> Any:
-        """The newest observation's camera image (None without a camera, or before the first step)."""
+        """The newest observation's camera image; for an actor without a camera, the newest frame its env rendered
+        for a watching console (asking for one starts rendering; None until the first one, or if it cannot)."""
         obs = getattr(self, "_loop", None) and self._loop.last_obs
-        return None if not obs else obs.get("image")
+        if obs and obs.get("image") is not None:
+            return obs["image"]
+        self._frame_wanted_at = time.monotonic()
+        return self._rendered
+
+    def _render_if_watched(self) -> None:
+        """In the env loop's thread, after a step: render a frame if a console asked for one in the last
+        ``RENDER_WATCH_S``, at most every ``RENDER_PERIOD_S`` (nobody watching: no cost)."""
+        now = time.monotonic()
+        if (not self._can_render or now - self._frame_wanted_at > RENDER_WATCH_S
+                or now - self._rendered_at < RENDER_PERIOD_S):
+            return
+        try:
+            frame = self._loop.env.render()
+        except Exception:  # noqa: BLE001 - a viewer must never stop the actor; stop trying instead
+            log.warning("actor %d: rendering a frame for the console failed; no view", self.actor_id, exc_info=True)
+            self._can_render = False
+            return
+        if isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[-1] >= 3:
+            self._rendered, self._rendered_at = np.ascontiguousarray(frame[..., :3], dtype=np.uint8), now
+        else:
+            self._can_render = False
 
     def _teleop_stats(self) -> dict[str, Any]:
         if self._teleop is None:
@@ -301,3 +329,16 @@ class _ReplaySink:
     def write_episode(self, rows: list[dict[str, Any]], padding_row: dict[str, Any],
                       should_stop: Callable[[], bool] = lambda: False, success: bool = False) -> bool:
         return self._actor._write(rows, padding_row, should_stop, success)
+
+
+def _make_sim_env(cfg: TrainConfig) -> Any:
+    """A sim actor's env. Without camera observations and with teleop on, it can render frames for the console
+    (``render_mode="rgb_array"``; nothing is rendered unless someone watches); an env that cannot is made plain."""
+    from fleetrl.envs.gym_adapter import make_env
+
+    if cfg.teleop.enabled and not cfg.env.kwargs.get("image"):
+        try:
+            return make_env(cfg.env, render_mode="rgb_array")
+        except Exception:  # noqa: BLE001 - an env without rgb_array rendering is still a fine actor
+            log.info("env %s cannot render rgb_array frames; the console shows no view of it", cfg.env.id)
+    return make_env(cfg.env)
