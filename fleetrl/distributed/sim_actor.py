@@ -333,10 +333,11 @@ class _ReplaySink:
 
 def _make_sim_env(cfg: TrainConfig) -> Any:
     """A sim actor's env. Without camera observations and with teleop on, it can render frames for the console
-    (``render_mode="rgb_array"``; nothing is rendered unless someone watches); an env that cannot is made plain."""
+    (``render_mode="rgb_array"``; nothing is rendered unless someone watches); an env that cannot is made plain.
+    robosuite envs are left plain: asking them for frames opens an offscreen GL context in every actor at once."""
     from fleetrl.envs.gym_adapter import make_env
 
-    if cfg.teleop.enabled and not cfg.env.kwargs.get("image"):
+    if cfg.teleop.enabled and not cfg.env.kwargs.get("image") and "Robosuite" not in cfg.env.id:
         try:
             return make_env(cfg.env, render_mode="rgb_array")
         except Exception:  # noqa: BLE001 - an env without rgb_array rendering is still a fine actor
