@@ -6,8 +6,8 @@ following row; after an episode's last step a padding row carries the final obse
 
 Action chunks (``horizon`` H > 1, flow policies and OGPO's chunked TD): an item is an (H + 1)-step window, the
 observation at its first and last step and every other field at its first H steps; H padding rows follow each
-episode, all carrying the final observation. :func:`split_sample` turns such a window into one chunk transition
-(see :func:`split_sample`). Nothing is stored twice either way.
+episode, all carrying the final observation (so that one is stored H times; every other step once).
+:func:`split_sample` turns such a window into one chunk transition.
 
 Storage layout: each observation key is a column; the action and the float scalars share one float32 column
 (``f32``), the bool and integer scalars one int64 column (``i64``). The writer's cost is per column and per step
