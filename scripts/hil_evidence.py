@@ -26,7 +26,7 @@ from calql_evidence import fleetrl  # the same way of running the command line, 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "widowx_hil_evidence.yaml"
-CONDITIONS = {"interventions": ["teleop.scripted_share=0.3", "demos.ratio=0.5"],
+CONDITIONS = {"interventions": ["teleop.scripted_share=0.5", "demos.ratio=0.5"],
               "none": ["teleop.scripted_share=0.0", "demos.ratio=0.0"]}
 MIN_EPISODES_PER_BIN = 5
 
