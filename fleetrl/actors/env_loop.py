@@ -83,6 +83,9 @@ class EnvLoop:
         # Robots: one policy per episode by default (a mid-episode change of behaviour on hardware is a surprise).
         self._swap_between_episodes = swap_between_episodes
         self._episode_policy: tuple[int, Policy | None] = (-1, None)
+        # The policy object that chose the last action: the only one that can hold a chunk in hand (a new version
+        # arrives as a fresh copy, without one).
+        self._acting_policy: Policy | None = None
         # A person who may take over (HIL-SERL): their action is executed and stored, marked is_intervention.
         self._human = human
         # Called in this thread after every step (the actor renders a frame for a watching console here: GL
@@ -94,13 +97,11 @@ class EnvLoop:
         """The version acting now: the episode's (robots) or the newest (sim actors); -1 before any weights."""
         return (self._episode_policy if self._swap_between_episodes else self._policy())[0]
 
-    def _policy_in_use(self) -> Policy | None:
-        return (self._episode_policy if self._swap_between_episodes else self._policy())[1]
-
     def _choose(self, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
         version, policy = self._episode_policy if self._swap_between_episodes else self._policy()
         if policy is None or self.total_steps < self._random_steps:
             return self.env.action_space.sample().astype(np.float32), -1
+        self._acting_policy = policy
         return policy.act(obs), version
 
     def _pace(self) -> None:
@@ -125,7 +126,7 @@ class EnvLoop:
             obs, info = self.env.reset(seed=self._seed if self.episodes == 0 else None)
             if self._human is not None:
                 self._human.begin_episode()
-            reset_policy(self._policy_in_use())  # a chunk policy starts the episode with a fresh chunk
+            reset_policy(self._acting_policy)  # a chunk policy starts the episode with a fresh chunk
             while not (terminated or truncated):
                 if should_stop():
                     return None
@@ -134,7 +135,7 @@ class EnvLoop:
                 human, by_person = self._human.poll(obs) if self._human is not None else (None, False)
                 if human is not None:  # the person's (or a safety hold's) action replaces the policy's
                     action, version = human, self.policy_version_in_use
-                    reset_policy(self._policy_in_use())  # once the person lets go, the policy plans from here
+                    reset_policy(self._acting_policy)  # once the person lets go, the policy plans from here
                 else:
                     action, version = self._choose(obs)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
