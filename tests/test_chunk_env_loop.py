@@ -81,3 +81,25 @@ def test_chunks_run_in_order_and_are_replanned_at_episode_start_and_after_a_pers
         assert [round(a / 0.01) for a in first[5:]] == [k + 2] * 3
     assert checked >= 1
     assert sink.successes == [s.success for s in stats]  # the episode's outcome reaches the replay writer
+
+
+def test_a_robot_style_loop_starts_every_episode_with_a_fresh_chunk_of_the_episode_policy():
+    """Robots swap weights between episodes (``swap_between_episodes``); a chunk left over at an episode's end is
+    dropped, so the next episode starts from a chunk planned on its own first observation."""
+    cfg = EnvConfig(id="fleetrl/WidowXReach-v0", max_episode_steps=4, success="info")
+    env = make_env(cfg)
+    spec = transition_spec(cfg)
+    policy = CountingChunkPolicy(int(spec.action.shape[0]), horizon=3)
+    sink = ListSink()
+    loop = EnvLoop(env, spec, lambda: (7, policy), sink, actor_id=0, gamma=0.99, seed=1,
+                   swap_between_episodes=True)
+    try:
+        lengths = [loop.run_episode().length for _ in range(2)]
+    finally:
+        env.close()
+    assert lengths == [4, 4]  # seeded: neither episode reaches the target early with these tiny actions
+    plans = [[round(float(r["action"][0]) / 0.01) for r in rows] for rows, _ in sink.episodes]
+    # 4 steps per episode, 3 per chunk: chunk 1 then the first action of chunk 2; the rest of chunk 2 is dropped,
+    # so episode 2 starts with chunk 3.
+    assert plans == [[1, 1, 1, 2], [3, 3, 3, 4]]
+    assert all(int(r["policy_version"]) == 7 for rows, _ in sink.episodes for r in rows)
