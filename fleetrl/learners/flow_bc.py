@@ -18,6 +18,7 @@ from fleetrl.config import EncoderConfig, FlowConfig
 from fleetrl.core import Weights
 from fleetrl.learners.flow import flow_matching_loss
 from fleetrl.learners.flow_policy import FlowActor, flow_actor_weights
+from fleetrl.learners.policy import checked_obs_stats
 from fleetrl.types import TransitionBatch, TransitionSpec
 
 
@@ -67,10 +68,7 @@ class FlowBC:
 
 def set_actor_obs_normalization(actor: FlowActor, mean: np.ndarray, std: np.ndarray) -> None:
     """Set ``actor``'s state standardisation; raises naming the expected shape."""
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    if mean.shape != tuple(actor.obs_mean.shape) or std.shape != mean.shape or not (std > 0).all():
-        raise ValueError(f"obs normalisation: need mean and std of shape {tuple(actor.obs_mean.shape)} with std > 0, "
-                         f"got {mean.shape} and {std.shape}")
+    mean, std = checked_obs_stats(mean, std, actor.obs_mean.numel())
     with torch.no_grad():
         actor.obs_mean.copy_(torch.as_tensor(mean))
         actor.obs_std.copy_(torch.as_tensor(std))

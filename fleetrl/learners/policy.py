@@ -165,6 +165,16 @@ def _identity_norm(dim: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(dim, np.float32), np.ones(dim, np.float32)
 
 
+def checked_obs_stats(mean: np.ndarray, std: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` as float32 arrays of shape ``(dim,)`` with ``std > 0`` (``learner.normalize_obs``); raises
+    naming the expected shape otherwise."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if mean.shape != (dim,) or std.shape != mean.shape or not (std > 0).all():
+        raise ValueError(f"obs normalisation: need mean and std of shape ({dim},) with std > 0, got {mean.shape} and "
+                         f"{std.shape}")
+    return mean, std
+
+
 def _split_norm(weights: Weights, dim: int) -> tuple[Weights, tuple[np.ndarray, np.ndarray]]:
     """Separate the state normalisation (``obs_norm.mean`` / ``obs_norm.std``; identity when absent, as in weights
     published before normalisation existed) from the network weights; validated like them."""

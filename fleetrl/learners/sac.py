@@ -24,7 +24,7 @@ from fleetrl.config import EncoderConfig, RewardConfig, SACConfig
 from fleetrl.core import Policy, Weights
 from fleetrl.learners.image_obs import build_image_encoder
 from fleetrl.learners.networks import CriticEnsemble, TanhGaussianActor, obs_vector
-from fleetrl.learners.policy import make_policy, policy_obs_dim, policy_obs_keys
+from fleetrl.learners.policy import checked_obs_stats, make_policy, policy_obs_dim, policy_obs_keys
 from fleetrl.types import TransitionBatch, TransitionSpec
 
 Metrics = dict[str, Tensor]
@@ -102,10 +102,7 @@ class SAC:
 
     def set_obs_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Standardise the state vector (``obs_keys`` concatenated) with these statistics from now on."""
-        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        if mean.shape != tuple(self.obs_mean.shape) or std.shape != mean.shape or not (std > 0).all():
-            raise ValueError(f"obs normalisation: need mean and std of shape {tuple(self.obs_mean.shape)} with "
-                             f"std > 0, got {mean.shape} and {std.shape}")
+        mean, std = checked_obs_stats(mean, std, self.obs_mean.numel())
         self.obs_mean = torch.as_tensor(mean, device=self.device)
         self.obs_std = torch.as_tensor(std, device=self.device)
 
