@@ -47,8 +47,10 @@ def fleetrl(*args: str, log: pathlib.Path) -> str:
     return proc.stdout
 
 
-def one_run(out: pathlib.Path, dataset: pathlib.Path, algo: str, seed: int, overrides: list[str]) -> dict:
-    """Pretrain (Cal-QL, CQL) and fine-tune one seed; returns where everything went and the offline eval."""
+def one_run(out: pathlib.Path, dataset: pathlib.Path, algo: str, seed: int, overrides: list[str],
+            bc_updates: int | None = None) -> dict:
+    """Pretrain (Cal-QL, CQL, flow BC) and fine-tune one seed; returns where everything went and the offline eval.
+    ``bc_updates``: flow BC's pretraining updates (OGPO starts from a deliberately weak clone), else the config's."""
     root = out / f"{algo}-s{seed}"
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
@@ -57,10 +59,12 @@ def one_run(out: pathlib.Path, dataset: pathlib.Path, algo: str, seed: int, over
     record: dict = {"algo": algo, "seed": seed}
     t0 = time.monotonic()
     if algo in PRETRAIN:
-        pretrain_dir = finished_pretrain(root)
+        updates = bc_updates if algo == "ogpo" and bc_updates else None
+        pretrain_dir = finished_pretrain(root, updates)
         if pretrain_dir is None:
+            more = [f"offline.pretrain_updates={updates}"] if updates else []
             summary = json.loads(fleetrl("pretrain", *common, f"learner.algorithm={PRETRAIN[algo]}", "name=pretrain",
-                                         log=log))
+                                         *more, log=log))
             pretrain_dir = pathlib.Path(summary["run_dir"])
         summary_file = pretrain_dir / "pretrain_summary.json"
         if summary_file.exists():
@@ -89,11 +93,11 @@ def one_run(out: pathlib.Path, dataset: pathlib.Path, algo: str, seed: int, over
     return record
 
 
-def finished_pretrain(root: pathlib.Path) -> pathlib.Path | None:
-    """A pretraining run under ``root`` whose last checkpoint holds every configured update, if any."""
+def finished_pretrain(root: pathlib.Path, updates: int | None = None) -> pathlib.Path | None:
+    """A pretraining run under ``root`` whose last checkpoint holds every configured (or ``updates``) update."""
     import yaml
 
-    want = yaml.safe_load(CONFIG.read_text())["offline"]["pretrain_updates"]
+    want = updates or yaml.safe_load(CONFIG.read_text())["offline"]["pretrain_updates"]
     for run in sorted(root.glob("pretrain-*")):
         latest = run / "checkpoints" / "latest.json"
         if latest.exists() and json.loads(latest.read_text())["learner_steps"] >= want:
@@ -111,8 +115,8 @@ def run_all(args: argparse.Namespace) -> None:
     jobs = [(algo, seed) for seed in args.seeds for algo in args.algos
             if not (out / f"{algo}-s{seed}" / "record.json").exists()]
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(one_run, out, dataset, a, s, [f"env.id={args.env}", *args.set]): (a, s)
-                   for a, s in jobs}
+        futures = {pool.submit(one_run, out, dataset, a, s, [f"env.id={args.env}", *args.set], args.bc_updates):
+                   (a, s) for a, s in jobs}
         for fut in concurrent.futures.as_completed(futures):
             print(futures[fut], fut.result() if fut.exception() is None else fut.exception(), flush=True)
 
@@ -193,6 +197,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run")
+    parser.add_argument("--bc-updates", type=int, default=None,
+                        help="flow BC pretraining updates for OGPO (stop early: a weak start); default: the config's")
     parser.add_argument("--plot", help="write figures and the table into this directory instead of running")
     parser.add_argument("--bin", type=int, default=500, help="env steps per point of the success curve")
     parser.add_argument("--name", default="calql_widowx", help="file name stem of the figure and the table")

@@ -43,6 +43,7 @@ def ray_head():
             current.unlink()
 
 
+@pytest.mark.slow  # ~40 s; test_train_joins_an_existing_cluster covers joining in the default run
 def test_default_train_ignores_the_running_cluster(ray_head, tmp_path):
     """Without --address, fleetrl starts its own embedded Ray even while another cluster runs on the machine."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled")

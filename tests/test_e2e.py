@@ -163,7 +163,9 @@ def test_config_error_fails_before_any_process(tmp_path, override, named):
     assert _ray_pids() - before == set()
 
 
-@pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+# Both signals take the same handler (launcher._StopOnSignal); the SIGTERM run (~40 s) is `slow` to keep CI short.
+@pytest.mark.parametrize("sig, to_group", [pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow),
+                                           (signal.SIGINT, True)])
 def test_signal_stops_cleanly_with_final_checkpoint(tmp_path, sig, to_group):
     """SIGTERM to the driver, or Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it)
     mid-training: exit 0, a final checkpoint at the last update, no process left."""

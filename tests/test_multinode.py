@@ -109,6 +109,7 @@ def test_placement_that_no_node_offers_is_refused_naming_the_key(cluster, tmp_pa
     assert "placement.learner" in out.stderr and "gpu_box" in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.slow  # the job-submit route (~50 s); the placement tests cover the same launcher in the default run
 def test_ray_job_submit_route(cluster, tmp_path):
     """The job route of docs/cluster.md: the driver runs on the head as a Ray job and joins with --address auto."""
     entry = (f"{sys.executable} -m fleetrl.cli train -c {REPO / 'configs' / 'smoke.yaml'} run_root={tmp_path} "

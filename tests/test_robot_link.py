@@ -374,7 +374,9 @@ def test_a_restarted_server_is_initialised_again_and_the_arm_sent_home_first():
         server, thread = start()  # back, empty
         obs, _ = env.reset()
         assert server.initialised and server.state == "idle"
-        np.testing.assert_allclose(obs["state"], home, atol=1e-3)
+        # Home again, not where the aborted episode left the arm (>0.1 m away): the physics settles the wrist to
+        # within a few mrad of the first trip's pose, not to the same digits (CI saw 2.3 mrad on the pitch).
+        np.testing.assert_allclose(obs["state"], home, atol=1e-2)
         env.step(np.zeros(7, np.float32))
         assert server.state == "active"
     finally:

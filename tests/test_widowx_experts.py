@@ -39,7 +39,9 @@ def test_expert_succeeds_at_noise_zero(task):
     assert min(lengths) < gym.spec(WIDOWX_IDS[task]).max_episode_steps
 
 
-@pytest.mark.parametrize("task", sorted(WIDOWX_IDS))
+# reach and lift (the evidence tasks) in the default run; the other three take ~40 s together, so they are `slow`.
+@pytest.mark.parametrize("task", [t if t in ("reach", "lift") else pytest.param(t, marks=pytest.mark.slow)
+                                  for t in sorted(WIDOWX_IDS)])
 def test_mixed_noise_gives_a_mixed_quality_dataset(task):
     # 40 episodes: success falls steeply with noise near these levels, and 20 left the estimate +-11 %.
     rate, _ = _success_rate(task, MIXED_NOISE[task], range(40))
