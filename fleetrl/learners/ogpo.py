@@ -34,7 +34,7 @@ from torch import Tensor
 
 from fleetrl.config import EncoderConfig, FlowConfig, OGPOConfig, RewardConfig
 from fleetrl.core import Weights
-from fleetrl.learners.flow import chain_log_prob, euler_sample, flow_matching_loss, sample_chain
+from fleetrl.learners.flow import chain_log_prob, euler_sample, flow_matching_loss, sample_chain_with_log_prob
 from fleetrl.learners.flow_bc import set_actor_obs_normalization
 from fleetrl.learners.flow_policy import FlowActor, flow_actor_weights
 from fleetrl.learners.image_obs import build_image_encoder
@@ -175,13 +175,12 @@ class OGPO:
         g = cfg.chains_per_state
         with torch.no_grad():
             old_feat = self.old_actor.features(obs).repeat_interleave(g, dim=0)
-            chains = sample_chain(self.old_actor.velocity, old_feat, flow.denoise_steps, cfg.noise_scale,
-                                  self.generator)
+            chains, old_log_prob = sample_chain_with_log_prob(self.old_actor.velocity, old_feat, flow.denoise_steps,
+                                                              cfg.noise_scale, self.generator)
             chunk = chains[:, -1].clamp(-1.0, 1.0)
             q = self.critic(self._critic_features(obs, augment=False).repeat_interleave(g, dim=0), chunk)
             q = q.reshape(q.shape[0], p, g)
             adv = conservative_advantage(q) if cfg.conservative_advantage else group_advantage(q)
-            old_log_prob = chain_log_prob(self.old_actor.velocity, old_feat, chains, cfg.noise_scale)
         feat = self.actor.features(obs).repeat_interleave(g, dim=0)
         log_prob = chain_log_prob(self.actor.velocity, feat, chains, cfg.noise_scale).reshape(p, g)
         loss, metrics = ppo_chain_loss(log_prob, old_log_prob.reshape(p, g), adv, cfg.clip)
