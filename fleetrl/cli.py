@@ -108,13 +108,15 @@ def eval_(
     episodes: Annotated[int, typer.Option(min=1, help="Episodes to run.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the first episode (the others follow it).")] = 12345,
     video: Annotated[pathlib.Path | None, typer.Option(help="Write the first episode as .mp4 or .gif.")] = None,
+    stochastic: Annotated[bool, typer.Option(help="Sample actions as the actors do in training (default: the "
+                                                  "deterministic action).")] = False,
 ) -> None:
-    """Run a checkpoint's policy deterministically and report return and success."""
+    """Run a checkpoint's policy (deterministically unless --stochastic) and report return and success."""
     from fleetrl.checkpoint import CheckpointError
     from fleetrl.evaluate import evaluate
 
     try:
-        result = evaluate(checkpoint, episodes=episodes, seed=seed, video=video)
+        result = evaluate(checkpoint, episodes=episodes, seed=seed, video=video, stochastic=stochastic)
     except CheckpointError as exc:
         fail(str(exc))
     print(json.dumps(result))

@@ -16,8 +16,11 @@ from fleetrl.types import TransitionSpec
 
 
 def evaluate(checkpoint: str | os.PathLike, episodes: int = 10, seed: int = 12345,
-             video: str | os.PathLike | None = None, fps: int = 30) -> dict[str, Any]:
-    """Run the checkpoint's policy deterministically for ``episodes`` episodes; the first one is filmed if asked."""
+             video: str | os.PathLike | None = None, fps: int = 30, stochastic: bool = False) -> dict[str, Any]:
+    """Run the checkpoint's policy for ``episodes`` episodes; the first one is filmed if asked.
+
+    Deterministic by default (the Gaussian's mean, the flow from zero noise); ``stochastic`` samples actions as the
+    actors do while training (a flow policy from N(0, I) noise, the Gaussian from its distribution)."""
     from fleetrl.learners.builder import build_policy
 
     data = load_checkpoint(checkpoint)
@@ -40,7 +43,7 @@ def evaluate(checkpoint: str | os.PathLike, episodes: int = 10, seed: int = 1234
             while not done:
                 if video is not None and ep == 0:
                     frames.append(env.render())
-                obs, reward, terminated, truncated, info = env.step(policy.act(obs, deterministic=True))
+                obs, reward, terminated, truncated, info = env.step(policy.act(obs, deterministic=not stochastic))
                 ret += reward
                 n += 1
                 done = terminated or truncated
@@ -51,6 +54,7 @@ def evaluate(checkpoint: str | os.PathLike, episodes: int = 10, seed: int = 1234
         env.close()
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "learner_steps": meta["learner_steps"], "episodes": episodes,
+        "stochastic": stochastic,
         "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
         "success_rate": float(np.mean(successes)), "length_mean": float(np.mean(lengths)), "returns": returns}
     if video is not None:

@@ -142,3 +142,22 @@ def test_ogpo_fine_tunes_the_pretrained_flow_policy_across_the_fleet(pretrained)
         assert success_size <= sum(succeeded.values())
     finally:
         server.stop()
+
+
+def test_eval_runs_the_flow_policy_deterministically_or_as_the_actors_do(pretrained, monkeypatch):
+    """``fleetrl eval`` scores the zero-noise chunk by default; ``--stochastic`` samples chunks from N(0, I) noise,
+    as the actors do in training (a cloned noisy expert can differ a lot between the two)."""
+    from fleetrl.evaluate import evaluate
+    from fleetrl.learners.flow_policy import FlowChunkPolicy
+
+    _, _, summary = pretrained
+    flags: list[bool] = []
+    act = FlowChunkPolicy.act
+    monkeypatch.setattr(FlowChunkPolicy, "act", lambda self, obs, deterministic=False: (
+        flags.append(deterministic), act(self, obs, deterministic))[1])
+    det = [evaluate(summary["run_dir"], episodes=2, seed=7) for _ in range(2)]
+    assert flags and all(flags) and not det[0]["stochastic"]
+    assert det[0]["returns"] == det[1]["returns"]  # zero noise: the same episodes twice
+    flags.clear()
+    sto = evaluate(summary["run_dir"], episodes=2, seed=7, stochastic=True)
+    assert flags and not any(flags) and sto["stochastic"]

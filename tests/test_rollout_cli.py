@@ -191,8 +191,8 @@ def test_error_messages_show_brackets_verbatim(tmp_path, part):
 
 
 def test_collect_scripted_on_robosuite_says_there_is_no_expert(tmp_path):
-    out = tmp_path / "rs.h5"
-    proc = _run_cli("collect", "--env", "fleetrl/Robosuite-Lift-v0", "--episodes", 1, "--out", out)
+    out = tmp_path / "rs.h5"  # Lift has an expert (tests/test_robosuite_expert.py); Door has none
+    proc = _run_cli("collect", "--env", "fleetrl/Robosuite-Door-v0", "--episodes", 1, "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert "--policy scripted" in proc.stderr and "no scripted expert" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,9 +1,10 @@
 """Rolling out a policy in a registered env: episode datasets (``fleetrl collect``) and videos (``fleetrl view``).
 
-Policies by name: ``scripted`` (the task's scripted expert, WidowX tasks only; ``noise`` degrades it, see
-:mod:`fleetrl.envs.widowx.experts`), ``random`` (uniform actions in [-1, 1]) and ``teleop`` (a person with an input
-device, paced at a control rate: demonstrations before training, HIL-SERL style; the device's re-record key drops
-the episode and repeats its seed, success / failure end it, recorded in the episode's ``label`` attribute).
+Policies by name: ``scripted`` (the task's scripted expert, WidowX tasks and robosuite Lift; ``noise`` degrades
+it, see :mod:`fleetrl.envs.widowx.experts` and :mod:`fleetrl.envs.robosuite_expert`), ``random`` (uniform actions
+in [-1, 1]) and ``teleop`` (a person with an input device, paced at a control rate: demonstrations before
+training, HIL-SERL style; the device's re-record key drops the episode and repeats its seed, success / failure end
+it, recorded in the episode's ``label`` attribute).
 Episode ``i`` is reset with seed ``seed + i``, and the policy is seeded the same way, so a dataset is reproducible
 from its attributes.
 """
@@ -24,6 +25,8 @@ import numpy as np
 
 import fleetrl.envs  # noqa: F401  (registers the ids)
 from fleetrl.datasets import DatasetError, Episode, EpisodeFileWriter
+from fleetrl.envs.robosuite_env import RobosuiteEnv
+from fleetrl.envs.robosuite_expert import RobosuiteLiftExpert
 from fleetrl.envs.widowx.env import WidowXEnv
 from fleetrl.envs.widowx.experts import ScriptedExpert
 
@@ -43,7 +46,7 @@ class _Policy:
 
     def __init__(self, name: str, env: gym.Env, noise: float, device: Any = None):
         self.name, self.noise, self._space = name, noise, env.action_space
-        self._expert: ScriptedExpert | None = None
+        self._expert: ScriptedExpert | RobosuiteLiftExpert | None = None
         self._rng = np.random.default_rng()
         self.device, self.events = device, []
         if name == "teleop":
@@ -55,10 +58,17 @@ class _Policy:
                 raise RolloutError(f"--teleop: devices give 7-D Bridge actions in [-1, 1]; {name_of} takes {space}")
         if name == "scripted":
             base = env.unwrapped
-            if not isinstance(base, WidowXEnv):
+            if isinstance(base, WidowXEnv):
+                self._expert = ScriptedExpert(base.task, noise=noise)
+            elif isinstance(base, RobosuiteEnv) and base.task == "Lift":
+                if not base.privileged:
+                    raise RolloutError("--policy scripted: the robosuite Lift expert reads the privileged 'object' "
+                                       "observation; make the env with privileged=true")
+                self._expert = RobosuiteLiftExpert(noise=noise)
+            else:
                 raise RolloutError(f"--policy scripted: no scripted expert for {env.spec.id if env.spec else base}; "
-                                   "experts exist for the WidowX tasks (fleetrl envs lists them); use --policy random")
-            self._expert = ScriptedExpert(base.task, noise=noise)
+                                   "experts exist for the WidowX tasks (fleetrl envs lists them) and robosuite Lift; "
+                                   "use --policy random")
 
     def reset(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
