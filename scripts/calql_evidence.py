@@ -156,6 +156,16 @@ def plot(args: argparse.Namespace) -> None:
                                         str(record["seed"] * 7919 + 20_000), log=path.parent / "log.txt"))
             record["final_eval_success"] = result["success_rate"]
             path.write_text(json.dumps(record))
+        if args.stochastic_eval and "final_eval_stochastic" not in record:
+            # Sampling as the actors do: for a flow policy cloned from noisy data this differs most from the above.
+            for key, run in (("offline_eval_stochastic", record.get("pretrain_dir")),
+                             ("final_eval_stochastic", record["online_dir"])):
+                if run is not None:
+                    result = json.loads(fleetrl("eval", "--checkpoint", run, "--episodes", "20", "--stochastic",
+                                                "--seed", str(record["seed"] * 7919 + 20_000),
+                                                log=path.parent / "log.txt"))
+                    record[key] = result["success_rate"]
+            path.write_text(json.dumps(record))
         records.append(record)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     table = []
@@ -172,6 +182,9 @@ def plot(args: argparse.Namespace) -> None:
         table.append({"algo": algo, "seeds": sorted(r["seed"] for r in mine),
                       "offline_eval_success": offline if algo != "rlpd" else None,
                       "final_eval_success": [r["final_eval_success"] for r in mine],
+                      **({"offline_eval_stochastic": [r.get("offline_eval_stochastic") for r in mine],
+                          "final_eval_stochastic": [r.get("final_eval_stochastic") for r in mine]}
+                         if args.stochastic_eval else {}),
                       "first_bin": [float(y[0]) for y in ys], "last_bin": [float(y[-1]) for y in ys],
                       "mean_over_run": [float(y.mean()) for y in ys], "bin_env_steps": args.bin,
                       "env_steps": int(xs[-1])})
@@ -200,6 +213,8 @@ def main() -> None:
     parser.add_argument("--bc-updates", type=int, default=None,
                         help="flow BC pretraining updates for OGPO (stop early: a weak start); default: the config's")
     parser.add_argument("--plot", help="write figures and the table into this directory instead of running")
+    parser.add_argument("--stochastic-eval", action="store_true",
+                        help="with --plot: also evaluate the start and final policies sampling as the actors do")
     parser.add_argument("--bin", type=int, default=500, help="env steps per point of the success curve")
     parser.add_argument("--name", default="calql_widowx", help="file name stem of the figure and the table")
     args = parser.parse_args()

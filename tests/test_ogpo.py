@@ -22,6 +22,7 @@ from fleetrl.learners.flow import (
 from fleetrl.learners.flow_policy import FlowChunkPolicy
 from fleetrl.learners.ogpo import (
     OGPO,
+    chi2_penalty,
     chunk_td_target,
     conservative_advantage,
     group_advantage,
@@ -355,3 +356,18 @@ def test_the_image_variant_trains_its_encoders_and_ships_the_actor_encoder():
     policy.load_weights(weights)
     action = policy.act({"state": np.zeros(3, np.float32), "image": np.zeros((16, 16, 3), np.uint8)})
     assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+
+
+def test_the_chi2_penalty_is_exact_near_the_reference_and_finite_far_from_it():
+    """(ω - 1)² exactly for moderate log-ratios; a chain 200 nats more likely than under the reference (exp(200)²
+    overflows float32: a probe run's weights all became NaN) keeps a finite penalty whose gradient still pushes its
+    likelihood down."""
+    ref = torch.zeros(4)
+    near = torch.tensor([-1.0, 0.0, 0.5, 2.0], requires_grad=True)
+    loss, _ = chi2_penalty(near, ref)
+    assert loss.item() == pytest.approx(((near.detach().exp() - 1) ** 2).mean().item(), rel=1e-6)
+    far = torch.tensor([0.0, 0.0, 0.0, 200.0], requires_grad=True)
+    loss, metrics = chi2_penalty(far, ref)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(far.grad).all()
+    assert far.grad[3] > 0 and far.grad[:3].abs().max() == 0  # descending lowers the far chain's likelihood only

@@ -26,6 +26,7 @@ and ``next_obs`` is the state after the last executed step.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -91,10 +92,22 @@ def ppo_chain_loss(log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor, cl
                   "advantage_abs_mean": adv.abs().mean()}
 
 
+CHI2_LINEAR_FROM = 10.0
+"""Log-ratio beyond which :func:`chi2_penalty` continues the ratio linearly instead of exponentially."""
+
+
 def chi2_penalty(log_prob: Tensor, ref_log_prob: Tensor) -> tuple[Tensor, Metrics]:
     """``mean((π_θ / π_ref - 1)²)`` over the sampled chains (``ref_log_prob`` constant): keeps the policy within a
-    χ² ball of a slowly moving reference."""
-    loss = ((log_prob - ref_log_prob.detach()).exp() - 1.0).square().mean()
+    χ² ball of a slowly moving reference.
+
+    Past a log-ratio of :data:`CHI2_LINEAR_FROM` the ratio is continued by its tangent (``e^c·(1 + Δ - c)``): the
+    exact ``exp(Δ)²`` overflows float32 at Δ ≈ 44, and one such chain turned every weight into NaN in a probe run
+    (scripts/ogpo_probe.py, WidowX lift); the tangent keeps the penalty and its pull back towards the reference
+    finite and pointing the same way."""
+    d = log_prob - ref_log_prob.detach()
+    c = CHI2_LINEAR_FROM
+    ratio = torch.where(d > c, math.exp(c) * (1.0 + d - c), d.clamp(max=c).exp())
+    loss = (ratio - 1.0).square().mean()
     return loss, {"chi2": loss.detach()}
 
 
