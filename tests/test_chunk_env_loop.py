@@ -9,6 +9,7 @@ from fleetrl.actors.env_loop import EnvLoop
 from fleetrl.config import EnvConfig
 from fleetrl.envs.gym_adapter import make_env, transition_spec
 from fleetrl.testing import ListSink
+from fleetrl.types import TransitionSpec
 
 
 class CountingChunkPolicy:
@@ -103,3 +104,48 @@ def test_a_robot_style_loop_starts_every_episode_with_a_fresh_chunk_of_the_episo
     # so episode 2 starts with chunk 3.
     assert plans == [[1, 1, 1, 2], [3, 3, 3, 4]]
     assert all(int(r["policy_version"]) == 7 for rows, _ in sink.episodes for r in rows)
+
+
+def test_a_robot_actor_runs_a_flow_chunk_policy_over_the_wire():
+    """A real ``FlowChunkPolicy`` on a robot actor's env (``WidowXRobotEnv`` over the wire to a ``RobotServer``
+    with the sim backend), with robots' between-episode weight swaps: the arm executes each chunk's actions in
+    order, every episode starts from a chunk planned on its own first observation, and the rows carry them."""
+    import threading
+
+    import torch
+
+    from fleetrl.config import FlowConfig, RobotConfig
+    from fleetrl.envs.robot_client import make_robot_env
+    from fleetrl.learners.flow_policy import FlowChunkPolicy
+    from fleetrl.robot.backends import SimBackend
+    from fleetrl.robot.server import RobotServer
+
+    server = RobotServer(SimBackend("reach"), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = make_robot_env(RobotConfig(name="w", server=f"127.0.0.1:{server.port}", image=False),
+                         EnvConfig(id="fleetrl/WidowXReach-v0", max_episode_steps=5))
+    try:
+        spec = TransitionSpec.from_spaces(env.observation_space, env.action_space)
+        policy = FlowChunkPolicy(spec, FlowConfig(horizon=3, denoise_steps=3, hidden_dims=(16,), time_features=4),
+                                 seed=0)
+        planned = []
+        sample = policy.actor.sample_chunks
+        policy.actor.sample_chunks = lambda obs, noise: planned.append(sample(obs, noise)) or planned[-1]
+        sink = ListSink()
+        loop = EnvLoop(env, spec, lambda: (3, policy), sink, actor_id=0, gamma=0.99, seed=2,
+                       swap_between_episodes=True)
+        lengths = [loop.run_episode().length for _ in range(2)]
+    finally:
+        env.close()
+        server.stop()
+        thread.join(5)
+    assert lengths == [5, 5]
+    # 5 steps, chunks of 3: two chunks per episode (the second cut short), four plans in all.
+    assert len(planned) == 4
+    chunks = [torch.as_tensor(c[0]).reshape(3, -1).clamp(-1, 1).numpy() for c in planned]
+    for e, (rows, _) in enumerate(sink.episodes):
+        executed = np.stack([r["action"] for r in rows])
+        expected = np.concatenate([chunks[2 * e], chunks[2 * e + 1][:2]])
+        np.testing.assert_allclose(executed, expected, atol=1e-6)
+        assert all(int(r["policy_version"]) == 3 for r in rows)
