@@ -203,7 +203,8 @@ class OGPOConfig:
     success_capacity: int = Field(200_000, ge=1)
     """Chunks table ``success`` keeps (the oldest are evicted beyond it)."""
     chi2: bool = False
-    """Chi-squared regulariser: penalise ``(pi_theta / pi_ref - 1)**2`` on the sampled chains, ``pi_ref`` a slow EMA."""
+    """Chi-squared regulariser: penalise ``(pi_theta / pi_ref - 1)**2`` on the sampled chains, ``pi_ref`` a slow EMA.
+    In an offline probe on WidowX lift it drove the policy away instead (docs/results/ogpo_lift.md): off by default."""
     chi2_coef: float = Field(0.1, ge=0)
     """Weight of the chi-squared regulariser (ours: 0.1)."""
     chi2_reference_ema: float = Field(0.001, gt=0, le=1)
