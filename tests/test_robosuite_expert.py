@@ -3,34 +3,19 @@ mixed-quality dataset, and ``fleetrl collect``'s scripted policy uses it."""
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 from fleetrl.datasets.sources import open_dataset
 from fleetrl.envs.robosuite_expert import MIXED_NOISE, RobosuiteLiftExpert
 from fleetrl.envs.rollout import RolloutError, collect
+from tests.test_widowx_experts import expert_success_rate
 
 LIFT = "fleetrl/Robosuite-Lift-v0"
 
 
 def _success_rate(noise: float, seeds) -> tuple[float, list[int]]:
-    env = gym.make(LIFT)
-    expert = RobosuiteLiftExpert(noise)
-    wins, lengths = 0, []
-    try:
-        for seed in seeds:
-            obs, _ = env.reset(seed=seed)
-            expert.reset(seed)
-            steps, done = 0, False
-            while not done:
-                obs, _, terminated, truncated, info = env.step(expert.act(obs))
-                steps, done = steps + 1, terminated or truncated
-            wins += bool(info["success"])
-            lengths.append(steps)
-    finally:
-        env.close()
-    return wins / len(seeds), lengths
+    return expert_success_rate(LIFT, RobosuiteLiftExpert(noise), seeds)
 
 
 def test_the_lift_expert_lifts_the_cube_at_noise_zero():

@@ -12,9 +12,10 @@ from fleetrl.envs.widowx.experts import MIXED_NOISE, ScriptedExpert
 SEEDS = range(20)
 
 
-def _success_rate(task: str, noise: float, seeds=SEEDS) -> tuple[float, list[int]]:
-    env = gym.make(WIDOWX_IDS[task])
-    expert = ScriptedExpert(task, noise=noise)
+def expert_success_rate(env_id: str, expert, seeds) -> tuple[float, list[int]]:
+    """Success rate and episode lengths of ``expert`` (``reset(seed)``, ``act(obs)``) on ``env_id``, one episode per
+    seed."""
+    env = gym.make(env_id)
     wins, lengths = 0, []
     try:
         for seed in seeds:
@@ -29,6 +30,10 @@ def _success_rate(task: str, noise: float, seeds=SEEDS) -> tuple[float, list[int
     finally:
         env.close()
     return wins / len(seeds), lengths
+
+
+def _success_rate(task: str, noise: float, seeds=SEEDS) -> tuple[float, list[int]]:
+    return expert_success_rate(WIDOWX_IDS[task], ScriptedExpert(task, noise=noise), seeds)
 
 
 @pytest.mark.parametrize("task", sorted(WIDOWX_IDS))
