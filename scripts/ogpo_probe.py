@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 
-import numpy as np
 import torch
 import yaml
 
@@ -30,38 +29,9 @@ from fleetrl.datasets.sources import open_dataset
 from fleetrl.envs.gym_adapter import make_env
 from fleetrl.learners.builder import build_policy
 from fleetrl.learners.flow import euler_sample
+from fleetrl.learners.flow_bc import episode_chunks
 from fleetrl.learners.ogpo import OGPO
 from fleetrl.types import TransitionBatch, TransitionSpec
-
-
-def dataset_chunks(path: str, spec: TransitionSpec, horizon: int) -> tuple[TransitionBatch, torch.Tensor]:
-    """Every (state, next H actions) of the dataset as one chunk batch, and which rows are of successful episodes."""
-    obs, nxt = {k: [] for k in spec.obs}, {k: [] for k in spec.obs}
-    actions, rewards, masks, terminated, success = [], [], [], [], []
-    for ep in open_dataset(path):
-        for t in range(ep.length):
-            n = min(horizon, ep.length - t)
-            chunk = np.zeros((horizon, ep.actions.shape[1]), np.float32)
-            chunk[:n] = ep.actions[t:t + n]
-            reward = np.zeros(horizon, np.float32)
-            reward[:n] = ep.rewards[t:t + n]
-            actions.append(chunk)
-            rewards.append(reward)
-            masks.append([1.0] * n + [0.0] * (horizon - n))
-            terminated.append(bool(ep.terminated[t + n - 1]))
-            success.append(bool(ep.is_success))
-            for k in spec.obs:
-                obs[k].append(ep.observations[k][t])
-                nxt[k].append(ep.observations[k][t + n])
-    b = len(actions)
-    batch = TransitionBatch(
-        obs={k: torch.as_tensor(np.stack(v)) for k, v in obs.items()}, action=torch.as_tensor(np.stack(actions)),
-        reward=torch.as_tensor(np.stack(rewards)), discount=torch.as_tensor(np.array(masks, np.float32)),
-        terminated=torch.as_tensor(terminated), truncated=torch.zeros(b, dtype=torch.bool),
-        next_obs={k: torch.as_tensor(np.stack(v)) for k, v in nxt.items()}, mc_return=torch.zeros(b),
-        is_intervention=torch.zeros(b, dtype=torch.bool), policy_version=torch.zeros(b, dtype=torch.int64),
-        actor_id=torch.zeros(b, dtype=torch.int32), episode_id=torch.zeros(b, dtype=torch.int64))
-    return batch, torch.as_tensor(success)
 
 
 def rows(batch: TransitionBatch, idx: torch.Tensor) -> TransitionBatch:
@@ -124,7 +94,7 @@ def main() -> None:
     algo = OGPO(spec, ogpo_cfg, cfg.learner.flow, seed=args.seed, reward=cfg.learner.reward)
     algo.load_state_dict(data["algorithm"])  # a flow BC state: the actor (and old / reference) policy only
 
-    chunks, success = dataset_chunks(args.dataset, spec, cfg.learner.flow.horizon)
+    chunks, success = episode_chunks(open_dataset(args.dataset), spec, cfg.learner.flow.horizon)
     n, winners = chunks.action.shape[0], torch.nonzero(success).squeeze(1)
     probe = rows(chunks, torch.arange(0, n, 7))
     g = torch.Generator().manual_seed(args.seed)

@@ -371,3 +371,24 @@ def test_the_chi2_penalty_is_exact_near_the_reference_and_finite_far_from_it():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(far.grad).all()
     assert far.grad[3] > 0 and far.grad[:3].abs().max() == 0  # descending lowers the far chain's likelihood only
+
+
+def test_episode_chunks_lay_out_a_dataset_as_the_replay_chunk_items():
+    """3-step episodes, H = 2: a chunk per step, the last one padded (mask 0, zero action and reward), ``next_obs``
+    the observation after the chunk, ``terminated`` where the episode ends inside it, success per episode."""
+    from fleetrl.datasets import Episode
+    from fleetrl.learners.flow_bc import episode_chunks
+
+    def episode(won: bool) -> Episode:
+        return Episode(observations={"state": np.arange(12, dtype=np.float32).reshape(4, 3)},
+                       actions=np.arange(6, dtype=np.float32).reshape(3, 2) + 1,
+                       rewards=np.array([0, 0, 1], np.float32), terminated=np.array([0, 0, 1], bool),
+                       truncated=np.zeros(3, bool), success=np.array([0, 0, won], bool))
+
+    batch, success = episode_chunks([episode(True), episode(False)], SPEC, 2)
+    assert batch.action.shape == (6, 2, 2) and success.tolist() == [True] * 3 + [False] * 3
+    np.testing.assert_array_equal(batch.action[2].numpy(), [[5, 6], [0, 0]])
+    np.testing.assert_array_equal(batch.discount[:3].numpy(), [[1, 1], [1, 1], [1, 0]])
+    np.testing.assert_array_equal(batch.reward[1].numpy(), [0, 1])
+    np.testing.assert_array_equal(batch.next_obs["state"][:3, 0].numpy(), [6, 9, 9])  # t + 2, t + 2, the final
+    assert batch.terminated[:3].tolist() == [False, True, True]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from fleetrl.distributed.replay import DEMOS_TABLE, SUCCESS_TABLE, make_dataset,
 from fleetrl.envs.gym_adapter import transition_spec
 from fleetrl.envs.rollout import collect
 from fleetrl.learners.flow import flow_matching_loss
-from fleetrl.learners.flow_bc import FlowBC
+from fleetrl.learners.flow_bc import FlowBC, episode_chunks
 from tests.test_pretrain_cli import _fleetrl
 
 ENV = "fleetrl/WidowXReach-v0"
@@ -45,22 +44,6 @@ def pretrained(tmp_path_factory):
     return root, data, json.loads(proc.stdout)
 
 
-def _dataset_chunks(path: pathlib.Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Every (state, next H actions) of the dataset, padded past each episode's end, with the step mask."""
-    obs, chunks, masks = collections.defaultdict(list), [], []
-    for ep in open_dataset(str(path)):
-        for t in range(ep.length):
-            n = min(H, ep.length - t)
-            chunk = np.zeros((H, ep.actions.shape[1]), np.float32)
-            chunk[:n] = ep.actions[t:t + n]
-            chunks.append(chunk)
-            masks.append([1.0] * n + [0.0] * (H - n))
-            for k, v in ep.observations.items():
-                obs[k].append(v[t])
-    return ({k: torch.as_tensor(np.stack(v)) for k, v in obs.items()}, torch.as_tensor(np.stack(chunks)),
-            torch.as_tensor(masks))
-
-
 def test_flow_bc_pretrain_clones_the_chunks_and_evaluates_the_chunk_policy(pretrained):
     _, data, summary = pretrained
     assert summary["learner_steps"] == 300
@@ -73,7 +56,8 @@ def test_flow_bc_pretrain_clones_the_chunks_and_evaluates_the_chunk_policy(pretr
     spec = transition_spec(cfg.env)
     trained, untrained = FlowBC(spec, cfg.learner.flow), FlowBC(spec, cfg.learner.flow)
     trained.load_state_dict(ckpt["algorithm"])
-    obs, chunks, masks = _dataset_chunks(data)
+    batch = episode_chunks(open_dataset(str(data)), spec, H)[0]  # padding past an episode's end masked
+    obs, chunks, masks = batch.obs, batch.action, batch.discount
     with torch.no_grad():
         losses = [flow_matching_loss(algo.actor.velocity, algo.actor.features(obs), chunks,
                                      torch.Generator().manual_seed(0), masks)[0].item()

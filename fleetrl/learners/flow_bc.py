@@ -8,6 +8,7 @@ out). Pure PyTorch.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from fleetrl.config import EncoderConfig, FlowConfig
 from fleetrl.core import Weights
+from fleetrl.datasets import Episode
 from fleetrl.learners.flow import flow_matching_loss
 from fleetrl.learners.flow_policy import FlowActor, flow_actor_weights
 from fleetrl.learners.policy import checked_obs_stats
@@ -72,3 +74,37 @@ def set_actor_obs_normalization(actor: FlowActor, mean: np.ndarray, std: np.ndar
     with torch.no_grad():
         actor.obs_mean.copy_(torch.as_tensor(mean))
         actor.obs_std.copy_(torch.as_tensor(std))
+
+
+def episode_chunks(episodes: Iterable[Episode], spec: TransitionSpec, horizon: int) -> tuple[TransitionBatch, Tensor]:
+    """Every (state, next ``horizon`` actions) of ``episodes`` as one chunk batch, laid out as the replay's chunk
+    items are (padding past an episode's end zero in ``action`` / ``reward`` and 0 in ``discount``, ``next_obs``
+    the observation after the chunk), and a bool per row: from a successful episode. For offline tools and tests;
+    the learner samples its chunks from Reverb."""
+    obs: dict[str, list] = {k: [] for k in spec.obs}
+    nxt: dict[str, list] = {k: [] for k in spec.obs}
+    actions, rewards, masks, terminated, success = [], [], [], [], []
+    for ep in episodes:
+        for t in range(ep.length):
+            n = min(horizon, ep.length - t)
+            chunk = np.zeros((horizon, *ep.actions.shape[1:]), np.float32)
+            chunk[:n] = ep.actions[t:t + n]
+            reward = np.zeros(horizon, np.float32)
+            reward[:n] = ep.rewards[t:t + n]
+            actions.append(chunk)
+            rewards.append(reward)
+            masks.append([1.0] * n + [0.0] * (horizon - n))
+            terminated.append(bool(ep.terminated[t + n - 1]))
+            success.append(bool(ep.is_success))
+            for k in spec.obs:
+                obs[k].append(ep.observations[k][t])
+                nxt[k].append(ep.observations[k][t + n])
+    b = len(actions)
+    batch = TransitionBatch(
+        obs={k: torch.as_tensor(np.stack(v)) for k, v in obs.items()}, action=torch.as_tensor(np.stack(actions)),
+        reward=torch.as_tensor(np.stack(rewards)), discount=torch.as_tensor(np.array(masks, np.float32)),
+        terminated=torch.as_tensor(terminated), truncated=torch.zeros(b, dtype=torch.bool),
+        next_obs={k: torch.as_tensor(np.stack(v)) for k, v in nxt.items()}, mc_return=torch.zeros(b),
+        is_intervention=torch.zeros(b, dtype=torch.bool), policy_version=torch.zeros(b, dtype=torch.int64),
+        actor_id=torch.zeros(b, dtype=torch.int32), episode_id=torch.zeros(b, dtype=torch.int64))
+    return batch, torch.as_tensor(success)
