@@ -186,6 +186,12 @@ class OGPOConfig:
     """States per PPO step, taken from the learner batch (OGPO: 256; at most ``learner.batch_size``)."""
     chains_per_state: int = Field(32, ge=2)
     """Denoising chains sampled per state from the old policy; the advantage is relative to their mean (OGPO: 32)."""
+    chains_per_noise: int = Field(1, ge=1)
+    """Chains that share one starting noise ``x_0``; with more than 1 each chain's advantage is relative to the mean
+    of the chains sharing its ``x_0`` instead of its state's (ours; 1 = OGPO's per-state baseline). The chain
+    likelihood is conditioned on ``x_0``, so this baseline keeps the gradient's expectation, and it removes the
+    spread of Q over ``x_0``, which the PPO term cannot credit to anything (docs/algorithms.md). Must divide
+    ``chains_per_state``."""
     clip: float = Field(0.01, gt=0, lt=1)
     """PPO ratio clip epsilon on the chain ratio (OGPO: 0.01)."""
     noise_scale: float = Field(0.05, gt=0)
@@ -214,4 +220,7 @@ class OGPOConfig:
     def _widths(self) -> OGPOConfig:
         if any(h < 1 for h in self.critic_hidden_dims):
             raise ValueError("critic_hidden_dims must all be >= 1")
+        if self.chains_per_state % self.chains_per_noise:
+            raise ValueError(f"chains_per_noise ({self.chains_per_noise}) must divide chains_per_state "
+                             f"({self.chains_per_state})")
         return self

@@ -12,6 +12,7 @@ import torch
 from fleetrl.config import FlowConfig, OGPOConfig, load_config
 from fleetrl.learners.flow import (
     FlowVelocity,
+    _step_means,
     chain_log_prob,
     chain_sigmas,
     euler_sample,
@@ -22,6 +23,7 @@ from fleetrl.learners.flow import (
 from fleetrl.learners.flow_policy import FlowChunkPolicy
 from fleetrl.learners.ogpo import (
     OGPO,
+    chain_advantage,
     chi2_penalty,
     chunk_td_target,
     conservative_advantage,
@@ -121,6 +123,65 @@ def test_the_group_mean_advantage_sums_to_zero_per_state():
     assert adv.shape == (7, 32)
     assert torch.allclose(adv.sum(-1), torch.zeros(7), atol=1e-5)
     assert torch.allclose(adv, q.mean(0) - q.mean(0).mean(-1, keepdim=True))  # no std normalisation
+
+
+def test_the_noise_group_advantage_sums_to_zero_over_the_chains_sharing_a_noise():
+    q = torch.randn(10, 7, 32)
+    assert torch.equal(chain_advantage(q), group_advantage(q))  # chains_per_noise 1: OGPO's per-state baseline
+    adv = chain_advantage(q, chains_per_noise=4)
+    assert adv.shape == (7, 32)
+    assert torch.allclose(adv.reshape(7, 8, 4).sum(-1), torch.zeros(7, 8), atol=1e-5)
+    assert not torch.allclose(adv, group_advantage(q), atol=1e-3)
+    cons = chain_advantage(q, chains_per_noise=4, conservative=True)
+    assert torch.equal(cons.reshape(7, 8, 4), conservative_advantage(q.reshape(10, 7, 8, 4).flatten(1, 2))
+                       .reshape(7, 8, 4))
+    with pytest.raises(ValueError, match="chains_per_noise"):
+        OGPOConfig(chains_per_state=32, chains_per_noise=5)
+
+
+def test_the_per_noise_baseline_keeps_the_policy_gradient_and_cuts_its_variance():
+    """The chain likelihood is conditioned on x_0, so a baseline over chains sharing x_0 leaves the score-function
+    gradient's expectation at (1 - 1/c) times the pathwise gradient of E[Q], as the per-state baseline does at
+    (1 - 1/G); it removes Q's spread over x_0, which the chain's score cannot explain."""
+    torch.manual_seed(0)
+    steps, scale, d = 4, 0.2, 2
+    vel = FlowVelocity(obs_dim=1, chunk_dim=d, hidden_dims=(16,), time_features=4).double()
+    params = list(vel.parameters())
+    w = torch.tensor([1.0, -0.5], dtype=torch.float64)
+
+    def q_of(x):
+        return x @ w + 0.5 * x.square().sum(-1)
+
+    # Pathwise gradient of E[Q(x_K)] with the chain's normal draws held fixed: the reference.
+    n = 40_000
+    x = torch.randn(n, d, dtype=torch.float64)
+    obs = torch.zeros(n, 1, dtype=torch.float64)
+    for k, sigma in enumerate(chain_sigmas(steps, scale)):
+        t = torch.full((n,), k / steps, dtype=torch.float64)
+        x = _step_means(vel, obs, x, t, torch.full_like(t, sigma), 1 / steps) + sigma * torch.randn(n, d).double()
+    pathwise = torch.cat([g.flatten() for g in torch.autograd.grad(q_of(x).mean(), params)])
+
+    def estimate(chains_per_noise: int, groups: int = 16, group: int = 8) -> torch.Tensor:
+        obs = torch.zeros(groups * group, 1, dtype=torch.float64)
+        x0 = torch.randn(groups * group // chains_per_noise, d, dtype=torch.float64)
+        chains, _ = sample_chain_with_log_prob(vel, obs, steps, scale, noise=x0.repeat_interleave(chains_per_noise, 0))
+        assert torch.equal(chains[:, 0], x0.repeat_interleave(chains_per_noise, 0))
+        q = q_of(chains[:, -1]).reshape(1, groups, group)
+        adv = chain_advantage(q, chains_per_noise)
+        # Score-function estimate, undoing chain_log_prob's 1/(K·D) and the baseline's (1 - 1/c) shrinkage.
+        size = chains_per_noise if chains_per_noise > 1 else group
+        objective = (adv.flatten() * chain_log_prob(vel, obs, chains, scale)).mean() * steps * d / (1 - 1 / size)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(objective, params)])
+
+    per_noise = torch.stack([estimate(8) for _ in range(300)])
+    per_state = torch.stack([estimate(1) for _ in range(300)])
+    # Unbiased: the per-noise estimator's mean is the pathwise gradient, within 4 standard errors per parameter
+    # (and far closer than the gradient's own size).
+    err = (per_noise.mean(0) - pathwise).abs()
+    assert (err < 4 * per_noise.std(0) / math.sqrt(300) + 1e-6).float().mean() > 0.97
+    assert err.norm() < 0.1 * pathwise.norm()
+    # Lower variance, though from 8x fewer distinct x_0: here about 4x lower in total.
+    assert per_noise.var(0).sum() < 0.4 * per_state.var(0).sum()
 
 
 def test_the_conservative_advantage_keeps_only_what_every_head_agrees_on():

@@ -96,14 +96,17 @@ def sample_chain(velocity: FlowVelocity, obs_feat: Tensor, steps: int, noise_sca
 
 @torch.no_grad()
 def sample_chain_with_log_prob(velocity: FlowVelocity, obs_feat: Tensor, steps: int, noise_scale: float,
-                               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                               generator: torch.Generator | None = None,
+                               noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """:func:`sample_chain` and the chains' :func:`chain_log_prob` under the sampling ``velocity``, ``[N]``.
+    ``noise [N, D]``: the chains' starting points ``x_0`` (default: fresh draws from N(0, I)).
 
     Each step's log-density is that of the standard normal draw ``z`` that made it, so the sampler's own
     likelihood costs no second pass of the K velocity evaluations (OGPO's old-policy log-prob: a fifth of an
     update's network passes)."""
     n, d = obs_feat.shape[0], velocity.chunk_dim
-    x = torch.randn((n, d), generator=generator, device=obs_feat.device, dtype=obs_feat.dtype)
+    x = (torch.randn((n, d), generator=generator, device=obs_feat.device, dtype=obs_feat.dtype) if noise is None
+         else noise.to(obs_feat.dtype))
     points, dt = [x], 1.0 / steps
     log_p = torch.zeros(n, device=x.device, dtype=x.dtype)
     for k, sigma in enumerate(chain_sigmas(steps, noise_scale)):

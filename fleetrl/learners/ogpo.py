@@ -9,7 +9,8 @@ One :meth:`OGPO.update`, read top to bottom:
 2. **Chains.** For each of ``ppo_states`` states, ``chains_per_state`` stochastic denoising chains are sampled from
    the old policy ``θ̄`` (an EMA of ``θ``). Each chain's reward is ``Q(s, clip(x_K))``.
 3. **Advantage.** The chain's Q minus the mean over the chains of its state (no std normalisation); or, with
-   ``conservative_advantage``, per head, kept only where every head agrees on the sign.
+   ``conservative_advantage``, per head, kept only where every head agrees on the sign. With ``chains_per_noise``
+   above 1 the mean is over the chains that share the chain's starting noise ``x_0`` instead.
 4. **PPO.** ``ω = π_θ(chain) / π_θ̄(chain)`` from the per-step Gaussian likelihoods (``flow.chain_log_prob``),
    loss ``-min(ω·A, clip(ω, 1 ± ε)·A)``; no backpropagation through the chain and no ``∇_a Q``. Optional terms:
    success-buffer flow BC and a χ² penalty against a slow EMA reference.
@@ -76,6 +77,18 @@ def conservative_advantage(q: Tensor) -> Tensor:
     a = q - q.mean(-1, keepdim=True)
     agree_pos, agree_neg = (a > 0).all(0), (a < 0).all(0)
     return torch.where(agree_pos, a.min(0).values, torch.where(agree_neg, a.max(0).values, torch.zeros_like(a[0])))
+
+
+def chain_advantage(q: Tensor, chains_per_noise: int = 1, conservative: bool = False) -> Tensor:
+    """``q [M, P, G]`` (heads, states, chains) -> advantages ``[P, G]``, by :func:`group_advantage` or
+    :func:`conservative_advantage`. The baseline group is a state's ``G`` chains (``chains_per_noise = 1``: each
+    chain has its own ``x_0``), or with ``chains_per_noise = c > 1`` each run of ``c`` consecutive chains (those
+    sharing a starting noise ``x_0``)."""
+    m, p, g = q.shape
+    size = chains_per_noise if chains_per_noise > 1 else g
+    grouped = q.reshape(m, p * g // size, size)
+    adv = conservative_advantage(grouped) if conservative else group_advantage(grouped)
+    return adv.reshape(p, g)
 
 
 def ppo_chain_loss(log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor, clip: float) -> tuple[Tensor, Metrics]:
@@ -185,15 +198,16 @@ class OGPO:
         cfg, flow = self.cfg, self.flow_cfg
         p = min(cfg.ppo_states, batch.action.shape[0])
         obs = {k: v[:p] for k, v in batch.obs.items()}
-        g = cfg.chains_per_state
+        g, c = cfg.chains_per_state, cfg.chains_per_noise
         with torch.no_grad():
             old_feat = self.old_actor.features(obs).repeat_interleave(g, dim=0)
+            x0 = torch.randn((p * g // c, self.actor.chunk_dim), generator=self.generator, device=self.device)
             chains, old_log_prob = sample_chain_with_log_prob(self.old_actor.velocity, old_feat, flow.denoise_steps,
-                                                              cfg.noise_scale, self.generator)
+                                                              cfg.noise_scale, self.generator,
+                                                              noise=x0.repeat_interleave(c, dim=0))
             chunk = chains[:, -1].clamp(-1.0, 1.0)
             q = self.critic(self._critic_features(obs, augment=False).repeat_interleave(g, dim=0), chunk)
-            q = q.reshape(q.shape[0], p, g)
-            adv = conservative_advantage(q) if cfg.conservative_advantage else group_advantage(q)
+            adv = chain_advantage(q.reshape(q.shape[0], p, g), c, cfg.conservative_advantage)
         feat = self.actor.features(obs).repeat_interleave(g, dim=0)
         log_prob = chain_log_prob(self.actor.velocity, feat, chains, cfg.noise_scale).reshape(p, g)
         loss, metrics = ppo_chain_loss(log_prob, old_log_prob.reshape(p, g), adv, cfg.clip)
