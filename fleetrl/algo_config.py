@@ -198,6 +198,9 @@ class OGPOConfig:
     """Chain noise: the step std is sigma_t = noise_scale * sqrt(1 - t), tapering to 0 at the action (OGPO: 0.05)."""
     old_policy_ema: float = Field(0.05, gt=0, le=1)
     """EMA rate of the old policy the chains are sampled from, after every update (ours: 0.05; 1 = a copy)."""
+    ppo_coef: float = Field(1.0, ge=0)
+    """Weight of the PPO term (OGPO: 1). 0 leaves PPO out, so the policy learns by success BC alone: an ablation that
+    tells what PPO adds (docs/results/ogpo_robosuite_lift.md)."""
     conservative_advantage: bool = True
     """Use an advantage only where every critic head agrees on its sign (the smallest in magnitude), else 0."""
     success_bc: bool = True

@@ -77,19 +77,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per point")
     parser.add_argument("--set", nargs="*", default=[], help="learner.ogpo fields, KEY=VALUE (YAML values)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-ppo", action="store_true", help="leave the PPO term out (success BC and chi2 only)")
+    parser.add_argument("--no-ppo", action="store_true", help="ppo_coef=0: success BC and chi2 only")
     args = parser.parse_args()
-    if args.no_ppo:
-        import fleetrl.learners.ogpo as ogpo_module
-
-        ppo = ogpo_module.ppo_chain_loss
-        ogpo_module.ppo_chain_loss = lambda *a, **k: (0.0 * ppo(*a, **k)[0], ppo(*a, **k)[1])
     torch.set_num_threads(1)
 
     data = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(data["meta"]["config"])
     spec = TransitionSpec.from_dict(data["meta"]["spec"])
     changes = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    if args.no_ppo:
+        changes["ppo_coef"] = 0.0
     ogpo_cfg = dataclasses.replace(cfg.learner.ogpo, **changes)
     algo = OGPO(spec, ogpo_cfg, cfg.learner.flow, seed=args.seed, reward=cfg.learner.reward)
     algo.load_state_dict(data["algorithm"])  # a flow BC state: the actor (and old / reference) policy only

@@ -239,6 +239,27 @@ def test_each_loss_reaches_only_its_own_parameters():
     assert all(p.grad is None for p in algo.old_actor.parameters())
 
 
+def test_ppo_coef_zero_leaves_the_policy_to_success_bc_alone():
+    def actor_after_update(**changes) -> list[torch.Tensor]:
+        algo = OGPO(SPEC, dataclasses.replace(SMALL_OGPO, **changes), SMALL_FLOW, seed=0)
+        critic_before = [p.clone() for p in algo.critic.parameters()]
+        algo.update(chunk_batch(), bc_batch=chunk_batch(seed=3))
+        assert not all(torch.equal(a, b) for a, b in zip(critic_before, algo.critic.parameters(), strict=True))
+        return [p.detach().clone() for p in algo.actor.parameters()]
+
+    start = [p.detach().clone() for p in OGPO(SPEC, SMALL_OGPO, SMALL_FLOW, seed=0).actor.parameters()]
+    # Neither PPO nor BC: the critic learns, the policy stays exactly where it was.
+    assert all(torch.equal(a, b) for a, b in zip(start, actor_after_update(ppo_coef=0.0, success_bc=False),
+                                                  strict=True))
+    # PPO alone and success BC alone each move it; together they move it differently from BC alone.
+    ppo_only = actor_after_update(success_bc=False)
+    bc_only = actor_after_update(ppo_coef=0.0)
+    both = actor_after_update()
+    assert not all(torch.equal(a, b) for a, b in zip(start, ppo_only, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(start, bc_only, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(bc_only, both, strict=True))
+
+
 def test_the_q_target_is_the_ensemble_mean_and_averages_several_next_chunks():
     cfg = OGPOConfig(num_critics=4, critic_hidden_dims=(16,), q_target_samples=8, ppo_states=2, chains_per_state=2)
     algo = OGPO(SPEC, cfg, SMALL_FLOW, seed=0)

@@ -211,6 +211,7 @@ class OGPO:
         feat = self.actor.features(obs).repeat_interleave(g, dim=0)
         log_prob = chain_log_prob(self.actor.velocity, feat, chains, cfg.noise_scale).reshape(p, g)
         loss, metrics = ppo_chain_loss(log_prob, old_log_prob.reshape(p, g), adv, cfg.clip)
+        loss = cfg.ppo_coef * loss
         metrics["advantage_zero_fraction"] = (adv == 0).to(torch.float32).mean()
         if self.ref_actor is not None:
             with torch.no_grad():
