@@ -149,7 +149,12 @@ def plot(args: argparse.Namespace) -> None:
     out, dest = pathlib.Path(args.out), pathlib.Path(args.plot)
     dest.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in sorted(out.glob("*/record.json")):
+    # (label or None, record file): this --out's runs under their algorithm's name, then each --extra's under its label.
+    sources = [(None, path) for path in sorted(out.glob("*/record.json"))]
+    for extra in args.extra:
+        label, _, where = extra.partition("=")
+        sources += [(label, path) for path in sorted(pathlib.Path(where).glob("*/record.json"))]
+    for label, path in sources:
         record = json.loads(path.read_text())
         if "final_eval_success" not in record:  # the fine-tuned policy, deterministic, on unseen seeds
             result = json.loads(fleetrl("eval", "--checkpoint", record["online_dir"], "--episodes", "20", "--seed",
@@ -166,10 +171,13 @@ def plot(args: argparse.Namespace) -> None:
                                                 log=path.parent / "log.txt"))
                     record[key] = result["success_rate"]
             path.write_text(json.dumps(record))
-        records.append(record)
+        records.append({**record, "algo": label or record["algo"]})
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     table = []
-    for algo, color in zip(ALGOS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True):
+    labels = [a for a in ALGOS if any(r["algo"] == a for r in records)]
+    labels += list(dict.fromkeys(x.partition("=")[0] for x in args.extra))
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")
+    for algo, color in zip(labels, colors, strict=False):
         mine = [r for r in records if r["algo"] == algo]
         if not mine:
             continue
@@ -217,6 +225,8 @@ def main() -> None:
                         help="with --plot: also evaluate the start and final policies sampling as the actors do")
     parser.add_argument("--bin", type=int, default=500, help="env steps per point of the success curve")
     parser.add_argument("--name", default="calql_widowx", help="file name stem of the figure and the table")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="LABEL=DIR",
+                        help="with --plot: also plot the runs under DIR (another --out), as LABEL")
     args = parser.parse_args()
     plot(args) if args.plot else run_all(args)
 
