@@ -43,7 +43,7 @@ def ray_head():
             current.unlink()
 
 
-@pytest.mark.slow  # ~40 s; test_train_joins_an_existing_cluster covers joining in the default run
+@pytest.mark.slow  # ~40 s, make test-all
 def test_default_train_ignores_the_running_cluster(ray_head, tmp_path):
     """Without --address, fleetrl starts its own embedded Ray even while another cluster runs on the machine."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled")
@@ -56,6 +56,9 @@ def test_default_train_ignores_the_running_cluster(ray_head, tmp_path):
     assert status.returncode == 0, status.stderr[-2000:]  # the other cluster is untouched
 
 
+# ~48 s, make test-all. The default run joins a cluster in tests/test_multinode.py (--address, then the cluster is
+# checked to be still up); this one joins a cluster started by `ray start --head`, as on a head machine.
+@pytest.mark.slow
 def test_train_joins_an_existing_cluster(ray_head, tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled")
     out = subprocess.run([sys.executable, "-m", "fleetrl.cli", "train", "-c", str(REPO / "configs" / "smoke.yaml"),

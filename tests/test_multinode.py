@@ -97,6 +97,10 @@ def test_placement_pins_learner_and_replay_to_the_head_and_spreads_actors(cluste
     (run_dir,) = list(tmp_path.iterdir())
     final = json.loads((run_dir / "status.json").read_text())
     assert final["state"] == "stopped" and final["env_steps"] >= 1500
+    # The cluster the run joined is still up: the driver disconnected instead of shutting it down.
+    status = subprocess.run([str(RAY), "status", f"--address={cluster['address']}"], capture_output=True, text=True,
+                            env=_env(), timeout=60)
+    assert status.returncode == 0 and "CPU" in status.stdout, status.stderr[-2000:]
 
 
 def test_placement_that_no_node_offers_is_refused_naming_the_key(cluster, tmp_path):
