@@ -39,6 +39,7 @@ def train(
     """Train with sim actors, a Reverb replay server and a learner (defaults: local Ray, 2 actors, CPU)."""
     import shutil
 
+    from fleetrl.datasets.sources import check_first_episodes
     from fleetrl.envs.gym_adapter import transition_spec
     from fleetrl.runs import init_from as init_plan
     from fleetrl.runs import new_run, resume_run
@@ -49,7 +50,9 @@ def train(
     try:
         cfg = load_config(config, overrides or []) if resume is None else None
         if cfg is not None:
-            transition_spec(cfg.env)  # an env that cannot be made fails here, before any directory or process
+            spec = transition_spec(cfg.env)  # an env that cannot be made fails here, before any directory or process
+            check_first_episodes(spec, cfg.offline.datasets, "offline")  # and so does data of another env
+            check_first_episodes(spec, cfg.demos.datasets, "demos")
         plan = resume_run(resume, config, overrides or []) if resume is not None else new_run(cfg)
         if init_from is not None:
             plan = init_plan(plan, init_from)

@@ -88,6 +88,16 @@ def check_episode(spec: TransitionSpec, episode: Episode, where: str) -> None:
                            "stores actions normalised to the env's action box)")
 
 
+def check_first_episodes(spec: TransitionSpec, datasets: Sequence[Any], section: str) -> None:
+    """The first episode of each dataset (``DatasetConfig`` items of config section ``section``, e.g. ``offline``)
+    fits ``spec``, before any run directory or process exists; the replay's loader checks every episode later. Errors
+    name the dataset, the episode and the key as that loader's do."""
+    for d, source in enumerate(datasets):
+        for episode in itertools.islice(open_dataset(source.path, source.format, source.obs_keys, source.split,
+                                                     source.max_episodes), 1):
+            check_episode(spec, episode, f"{section}.datasets[{d}] {source.path}: episode 0 ({episode.label})")
+
+
 def episode_rows(spec: TransitionSpec, episode: Episode, where: str, episode_id: int,
                  returns_fn: Callable[[np.ndarray, bool], np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``(rows, padding_row)`` of one checked episode, as an actor would have produced them; ``mc_return`` from
