@@ -94,16 +94,16 @@ def test_a_dataset_of_another_env_is_refused_naming_episode_and_key(pretrained, 
 def test_a_bad_later_episode_is_refused_by_the_replay_loader_naming_it(pretrained, tmp_path):
     """Episode 0 passes the up-front check; the replay server's loader (inside Ray) finds episode 2 and the
     refusal reaches the command line naming it."""
-    from fleetrl.datasets import Episode, EpisodeFileWriter
+    import dataclasses
+
+    from fleetrl.datasets import EpisodeFileWriter
     from fleetrl.datasets.sources import open_dataset
 
     _, data, _ = pretrained
     bad = tmp_path / "bad.h5"
     with EpisodeFileWriter(bad) as writer:
         for i, e in enumerate(open_dataset(data)):
-            actions = e.actions * 3 if i == 2 else e.actions
-            writer.add(Episode(observations=e.observations, actions=actions, rewards=e.rewards,
-                               terminated=e.terminated, truncated=e.truncated, success=e.success, attrs=e.attrs))
+            writer.add(dataclasses.replace(e, actions=e.actions * 3) if i == 2 else e)
     proc = _fleetrl("train", *SMALL, "learner.batch_size=32", "replay.min_size=32", f"run_root={tmp_path / 'runs'}",
                     f"offline.datasets=[{{path: {bad}}}]")
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -88,6 +88,11 @@ def check_episode(spec: TransitionSpec, episode: Episode, where: str) -> None:
                            "stores actions normalised to the env's action box)")
 
 
+def episode_where(section: str, index: int, path: str, episode_index: int, episode: Episode) -> str:
+    """How refusals name an episode of a configured dataset: ``offline.datasets[0] PATH: episode 3 (LABEL)``."""
+    return f"{section}.datasets[{index}] {path}: episode {episode_index} ({episode.label})"
+
+
 def check_first_episodes(spec: TransitionSpec, datasets: Sequence[Any], section: str) -> None:
     """The first episode of each dataset (``DatasetConfig`` items of config section ``section``, e.g. ``offline``)
     fits ``spec``, before any run directory or process exists; the replay's loader checks every episode later. Errors
@@ -95,7 +100,7 @@ def check_first_episodes(spec: TransitionSpec, datasets: Sequence[Any], section:
     for d, source in enumerate(datasets):
         for episode in itertools.islice(open_dataset(source.path, source.format, source.obs_keys, source.split,
                                                      source.max_episodes), 1):
-            check_episode(spec, episode, f"{section}.datasets[{d}] {source.path}: episode 0 ({episode.label})")
+            check_episode(spec, episode, episode_where(section, d, source.path, 0, episode))
 
 
 def episode_rows(spec: TransitionSpec, episode: Episode, where: str, episode_id: int,

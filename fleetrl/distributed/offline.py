@@ -17,7 +17,7 @@ import reverb
 
 from fleetrl.config import DatasetConfig
 from fleetrl.datasets.episode import DatasetError
-from fleetrl.datasets.sources import episode_rows, open_dataset
+from fleetrl.datasets.sources import episode_rows, episode_where, open_dataset
 from fleetrl.distributed.replay import EpisodeWriter, item_signature
 from fleetrl.types import TransitionSpec
 
@@ -83,7 +83,7 @@ def load_offline(client: reverb.Client, spec: TransitionSpec, datasets: Sequence
             n_eps = n_steps = n_success = 0
             for i, episode in enumerate(open_dataset(source.path, source.format, source.obs_keys, source.split,
                                                      source.max_episodes)):
-                where = f"{table}.datasets[{d}] {source.path}: episode {i} ({episode.label})"
+                where = episode_where(table, d, source.path, i, episode)
                 if total + episode.length > capacity:
                     raise DatasetError(f"{where}: the {table} datasets hold more than {table}.capacity ({capacity}) "
                                        f"transitions; raise {table}.capacity or load fewer episodes")
