@@ -84,9 +84,13 @@ def test_a_person_takes_over_an_actor_from_the_browser(tmp_path):
                 page.click("#success")
                 page.click("#takeover")  # release
                 wait_for(lambda: not stats()["controlled"], 20, "control back to the policy")
+                released_at = stats()["env_steps"]
                 browser.close()
             assert stats()["teleop_labels"] == ["success"]
             wait_for(lambda: any(a.get("interventions") for a in status()["actors"]), 30, "interventions in status")
+            # An episode is written to replay when it ends (its mc_return needs the whole episode): wait for the one
+            # the release happened in, or the gamepad's steps may still be in the actor (CI, 2026-11-22).
+            wait_for(lambda: stats()["steps_written"] >= released_at, 60, "the released episode in replay")
             # Replay: the intervened transitions carry exactly the browser's actions (gripper open, as the page starts).
             address = ray.get(training.fleet.replay.endpoint.remote())["address"]
             size = reverb.Client(address).server_info()[ONLINE_TABLE].current_size
