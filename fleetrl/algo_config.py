@@ -201,6 +201,10 @@ class OGPOConfig:
     ppo_coef: float = Field(1.0, ge=0)
     """Weight of the PPO term (OGPO: 1). 0 leaves PPO out, so the policy learns by success BC alone: an ablation that
     tells what PPO adds (docs/results/ogpo_robosuite_lift.md)."""
+    ppo_start_updates: int = Field(0, ge=0)
+    """Updates before the PPO term starts (ours; 0 = OGPO). Until then the critic learns from the online data and the
+    policy moves by success BC only: a critic warm-up like DPPO's and ReinFlow's, because PPO on a fresh critic
+    follows its errors (docs/results/ogpo_robosuite_lift.md)."""
     conservative_advantage: bool = True
     """Use an advantage only where every critic head agrees on its sign (the smallest in magnitude), else 0."""
     success_bc: bool = True

@@ -341,6 +341,20 @@ def test_the_shipped_chunk_policy_executes_the_learner_chunk_in_order_and_resamp
     assert np.allclose(policy.act(obs, deterministic=True), a0, atol=1e-6)  # a new chunk from the first action
 
 
+def test_ppo_starts_after_its_warm_up_updates_and_a_restored_learner_remembers_them():
+    cfg = dataclasses.replace(SMALL_OGPO, ppo_start_updates=2, success_bc=False)
+    algo = OGPO(SPEC, cfg, SMALL_FLOW, seed=0)
+    params = lambda: [p.detach().clone() for p in algo.actor.parameters()]  # noqa: E731
+    start = params()
+    ons = [algo.update(chunk_batch(seed=i))["ppo_on"].item() for i in range(2)]
+    assert ons == [0.0, 0.0] and all(torch.equal(a, b) for a, b in zip(start, params(), strict=True))
+    restored = OGPO(SPEC, cfg, SMALL_FLOW, seed=1)
+    restored.load_state_dict(algo.state_dict())
+    assert restored.updates == 2 and restored.update(chunk_batch(seed=2))["ppo_on"].item() == 1.0
+    assert algo.update(chunk_batch(seed=2))["ppo_on"].item() == 1.0
+    assert not all(torch.equal(a, b) for a, b in zip(start, params(), strict=True))
+
+
 def test_state_dict_round_trip_continues_bit_identically():
     cfg = OGPOConfig(num_critics=3, critic_hidden_dims=(32,), ppo_states=4, chains_per_state=4, chi2=True)
     a, b = OGPO(SPEC, cfg, SMALL_FLOW, seed=0), OGPO(SPEC, cfg, SMALL_FLOW, seed=5)

@@ -155,6 +155,7 @@ class OGPO:
         self.critic_optim = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self.updates = 0  # for ppo_start_updates; saved with the state
         self._target_pairs = [(list(self.target_critic.parameters()), list(self.critic.parameters()))]
         if self.target_critic_encoder is not None and self.critic_encoder is not None:
             self._target_pairs.append((list(self.target_critic_encoder.parameters()),
@@ -211,7 +212,9 @@ class OGPO:
         feat = self.actor.features(obs).repeat_interleave(g, dim=0)
         log_prob = chain_log_prob(self.actor.velocity, feat, chains, cfg.noise_scale).reshape(p, g)
         loss, metrics = ppo_chain_loss(log_prob, old_log_prob.reshape(p, g), adv, cfg.clip)
-        loss = cfg.ppo_coef * loss
+        ppo_on = self.updates >= cfg.ppo_start_updates
+        loss = (cfg.ppo_coef if ppo_on else 0.0) * loss
+        metrics["ppo_on"] = torch.tensor(float(ppo_on))
         metrics["advantage_zero_fraction"] = (adv == 0).to(torch.float32).mean()
         if self.ref_actor is not None:
             with torch.no_grad():
@@ -249,6 +252,7 @@ class OGPO:
             if self.ref_actor is not None:
                 torch._foreach_lerp_(list(self.ref_actor.parameters()), list(self.actor.parameters()),
                                      self.cfg.chi2_reference_ema)
+        self.updates += 1
         return {**metrics, **policy_metrics}
 
     # ------------------------------------------------------------------------------------------------ policy / state
@@ -269,7 +273,7 @@ class OGPO:
                                  "critic": self.critic.state_dict(), "target_critic": self.target_critic.state_dict(),
                                  "actor_optim": self.actor_optim.state_dict(),
                                  "critic_optim": self.critic_optim.state_dict(),
-                                 "generator": self.generator.get_state()}
+                                 "generator": self.generator.get_state(), "updates": self.updates}
         for name in ("ref_actor", "critic_encoder", "target_critic_encoder"):
             module = getattr(self, name)
             if module is not None:
@@ -300,3 +304,4 @@ class OGPO:
         self.actor_optim.load_state_dict(state["actor_optim"])
         self.critic_optim.load_state_dict(state["critic_optim"])
         self.generator.set_state(state["generator"].cpu())
+        self.updates = int(state.get("updates", 0))  # a state saved before the counter existed: from 0
