@@ -174,8 +174,9 @@ def plot(args: argparse.Namespace) -> None:
         records.append({**record, "algo": label or record["algo"]})
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     table = []
-    labels = [a for a in ALGOS if any(r["algo"] == a for r in records)]
-    labels += list(dict.fromkeys(x.partition("=")[0] for x in args.extra))
+    # An --extra labelled like an algorithm joins that algorithm's curve instead of being drawn twice.
+    labels = list(dict.fromkeys([a for a in ALGOS if any(r["algo"] == a for r in records)]
+                                + [x.partition("=")[0] for x in args.extra]))
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")
     for algo, color in zip(labels, colors, strict=False):
         mine = [r for r in records if r["algo"] == algo]
