@@ -93,7 +93,9 @@ class RewardConfig:
     """How the learner sees rewards, and the Monte-Carlo return rule; actors use the same for ``mc_return``."""
 
     scale: float = 1.0
-    """The learner trains on ``reward * scale + bias`` (Cal-QL AntMaze: 10, -5; Adroit: 10, 5)."""
+    """The learner trains on ``reward * scale + bias`` (Cal-QL AntMaze: 10, -5; Adroit: 10, 5). With a shaped reward
+    on a task that ends at success, map every non-success step below 0 (e.g. 10, -10 for rewards in [0, 1]): a
+    positive step reward makes putting success off worth more than reaching it (docs/algorithms.md)."""
     bias: float = 0.0
     sparse: bool = False
     """Sparse task: an episode whose every reward equals ``negative`` failed, and its Monte-Carlo return is
