@@ -94,8 +94,10 @@ class RewardConfig:
 
     scale: float = 1.0
     """The learner trains on ``reward * scale + bias`` (Cal-QL AntMaze: 10, -5; Adroit: 10, 5). With a shaped reward
-    on a task that ends at success, map every non-success step below 0 (e.g. 10, -10 for rewards in [0, 1]): a
-    positive step reward makes putting success off worth more than reaching it (docs/algorithms.md)."""
+    on a task that ends at success, map every non-success step below 0 (e.g. 1, -1 for rewards in [0, 1]): a
+    positive step reward makes putting success off worth more than reaching it. Keep the values small for OGPO,
+    whose critic starts online at 0: it fits ``r - 1`` in ~1200 updates and ``10 (r - 1)`` not in 2000
+    (docs/algorithms.md)."""
     bias: float = 0.0
     sparse: bool = False
     """Sparse task: an episode whose every reward equals ``negative`` failed, and its Monte-Carlo return is
